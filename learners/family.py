@@ -1,0 +1,363 @@
+"""The parametrized family of continual learners: priors over hyperparams.
+
+Hyperparams are a dict of arrays, one entry per field of `FIELDS` (scalars for one
+member, `[n]` for a population). Discrete choices are integer codes into the name
+tuples of `learners.networks` and `learners.optimizers`, so a mixed population is one
+`vmap`. A `Family` is static (hashable): the network sizes, the discrete choices it
+supports, the regularizers it may switch on, and the priors of the continuous fields.
+Families are named presets (`FAMILIES`) adjusted by config (`from_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from learners import networks, optimizers
+
+REGULARIZERS = ("l2", "ewc", "replay", "shrink_perturb")
+TASKS = ("regression", "classification")
+
+# Field name -> what it means; the order is the order of `describe` and of dumps.
+FIELDS = {
+    "network": "network kind, a code into learners.networks.NETWORKS",
+    "activation": "hidden activation, a code into learners.networks.ACTIVATIONS",
+    "optimizer": "optimizer, a code into learners.optimizers.OPTIMIZERS",
+    "learning_rate": "optimizer step size (prior depends on the optimizer)",
+    "momentum": "momentum coefficient (momentum) and b1 (adam)",
+    "beta2": "second-moment decay (adam b2, rmsprop decay)",
+    "weight_decay": "L2 weight decay coupled to the gradient",
+    "l2_strength": "strength of the L2 penalty pulling weights to the anchor",
+    "anchor_rate": "anchor <- anchor + rate * (weights - anchor); 0 keeps the initial weights",
+    "ewc_strength": "online EWC penalty strength",
+    "ewc_decay": "online EWC Fisher decay: F <- decay * F + (1 - decay) * g^2",
+    "replay_ratio": "weight of the loss on a replayed batch from the reservoir buffer",
+    "shrink": "shrink-and-perturb: weights <- (1 - shrink) * weights + perturb * noise",
+    "perturb": "shrink-and-perturb noise std",
+    "inner_steps": "gradient steps per observation",
+    "temperature": "softmax temperature of the classification head",
+    "init_scale": "std of the initial weights (NTK parametrization)",
+}
+DISCRETE = ("network", "activation", "optimizer", "inner_steps")
+CONTINUOUS = tuple(f for f in FIELDS if f not in DISCRETE)
+_NAMES = {"network": networks.NETWORKS, "activation": networks.ACTIVATIONS,
+          "optimizer": optimizers.OPTIMIZERS}
+
+# Every range spans a factor of 30, so `lr_scale=1/30` moves the prior just below itself.
+LEARNING_RATES = {"sgd": (0.01, 0.3), "momentum": (0.003, 0.09),
+                  "adam": (0.001, 0.03), "rmsprop": (0.001, 0.03)}
+# Which regularizer switches a field on; such a field is exactly 0 when it is off.
+_REGULARIZER_OF = {"l2_strength": "l2", "ewc_strength": "ewc", "ewc_decay": "ewc",
+                   "replay_ratio": "replay", "shrink": "shrink_perturb",
+                   "perturb": "shrink_perturb"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+  """A 1-d prior: `log_uniform` or `uniform` on [low, high], or `fixed` at low.
+
+  With `p_off > 0` the value is exactly 0 with that probability (a component that is off).
+  """
+
+  kind: str
+  low: float
+  high: float = 0.0
+  p_off: float = 0.0
+
+  def sample(self, key, n):
+    k_on, k_v = jax.random.split(key)
+    u = jax.random.uniform(k_v, (n,))
+    if self.kind == "fixed":
+      v = jnp.full((n,), self.low)
+    elif self.kind == "uniform":
+      v = self.low + u * (self.high - self.low)
+    else:
+      v = jnp.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+    if self.p_off:
+      v = jnp.where(jax.random.uniform(k_on, (n,)) < self.p_off, 0.0, v)
+    return v.astype(jnp.float32)
+
+  def allows(self, value: float) -> bool:
+    if self.p_off and value == 0.0:
+      return True
+    high = self.low if self.kind == "fixed" else self.high
+    tol = 1e-6 * max(abs(self.low), abs(high), 1e-12)
+    return self.low - tol <= value <= high + tol
+
+  def text(self) -> str:
+    if self.kind == "fixed":
+      return f"{self.low:g}"
+    off = f" or 0 (off w.p. {self.p_off:g})" if self.p_off else ""
+    return f"[{self.low:g}, {self.high:g}] ({self.kind}){off}"
+
+
+DEFAULT_PRIORS = {
+    "momentum": Prior("uniform", 0.5, 0.95),
+    "beta2": Prior("uniform", 0.9, 0.999),
+    "weight_decay": Prior("log_uniform", 1e-5, 1e-3, p_off=0.5),
+    "l2_strength": Prior("log_uniform", 1e-3, 1e-1, p_off=0.5),
+    "anchor_rate": Prior("log_uniform", 1e-4, 1e-2, p_off=0.5),
+    "ewc_strength": Prior("log_uniform", 0.01, 1.0, p_off=0.5),
+    "ewc_decay": Prior("uniform", 0.9, 0.999),
+    "replay_ratio": Prior("uniform", 0.1, 0.7, p_off=0.5),
+    "shrink": Prior("log_uniform", 1e-5, 1e-3),
+    "perturb": Prior("log_uniform", 1e-4, 1e-2),
+    "temperature": Prior("log_uniform", 0.5, 2.0),
+    "init_scale": Prior("uniform", 0.5, 1.5),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """Static description of a family; `task`, `x_shape` and `out_dim` come from the stream."""
+
+  name: str
+  task: str
+  x_shape: tuple
+  out_dim: int
+  width: int = 32
+  depth: int = 1
+  networks: tuple = ("mlp",)
+  activations: tuple = ("tanh",)
+  optimizers: tuple = ("sgd",)
+  regularizers: tuple = ()
+  replay_size: int = 64
+  max_inner_steps: int = 1
+  lr_scale: float = 1.0
+
+  def __post_init__(self):
+    _choices(self.name, "task", (self.task,), TASKS)
+    _choices(self.name, "networks", self.networks, networks.NETWORKS)
+    _choices(self.name, "activations", self.activations, networks.ACTIVATIONS)
+    _choices(self.name, "optimizers", self.optimizers, optimizers.OPTIMIZERS)
+    _choices(self.name, "regularizers", self.regularizers, REGULARIZERS, empty_ok=True)
+    for field, low in (("width", 1), ("depth", 1), ("replay_size", 1),
+                       ("max_inner_steps", 1), ("out_dim", 1)):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"family {self.name!r}: {field}={value!r} must be an integer "
+                         f">= {low}.")
+    if not (isinstance(self.lr_scale, (int, float)) and self.lr_scale > 0):
+      raise ValueError(f"family {self.name!r}: lr_scale={self.lr_scale!r} must be > 0.")
+
+  # ------------------------------------------------------------------- structure
+
+  @property
+  def in_dim(self) -> int:
+    return int(np.prod(self.x_shape))
+
+  @property
+  def uses_anchor(self) -> bool:
+    return "l2" in self.regularizers or "ewc" in self.regularizers
+
+  def prior(self, field: str) -> Prior:
+    """The prior of a continuous field (learning_rate: see `learning_rate_range`)."""
+    reg = _REGULARIZER_OF.get(field)
+    if reg is not None and reg not in self.regularizers:
+      return Prior("fixed", 0.0)
+    if field == "anchor_rate" and not self.uses_anchor:
+      return Prior("fixed", 0.0)
+    if field == "temperature" and self.task == "regression":
+      return Prior("fixed", 1.0)
+    prior = DEFAULT_PRIORS[field]
+    if reg == "shrink_perturb":
+      # Both parts come on together; off is the member with shrink = perturb = 0.
+      prior = dataclasses.replace(prior, p_off=0.5)
+    return prior
+
+  def learning_rate_range(self, optimizer: str) -> tuple[float, float]:
+    low, high = LEARNING_RATES[optimizer]
+    return low * self.lr_scale, high * self.lr_scale
+
+  def bounds(self) -> dict[str, Any]:
+    """Field -> allowed names (discrete), (low, high) of inner_steps, or Prior / lr ranges."""
+    out: dict[str, Any] = {
+        "network": self.networks, "activation": self.activations,
+        "optimizer": self.optimizers, "inner_steps": (1, self.max_inner_steps),
+        "learning_rate": {o: self.learning_rate_range(o) for o in self.optimizers},
+    }
+    for field in CONTINUOUS:
+      if field != "learning_rate":
+        out[field] = self.prior(field)
+    return out
+
+  # ------------------------------------------------------------------- sampling
+
+  def sample(self, key, n: int) -> dict[str, jax.Array]:
+    """n members' hyperparams {field: [n]}; jittable (n static)."""
+    keys = dict(zip(FIELDS, jax.random.split(key, len(FIELDS))))
+    hp = {}
+    for field, support in (("network", self.networks), ("activation", self.activations),
+                           ("optimizer", self.optimizers)):
+      codes = jnp.asarray([_NAMES[field].index(s) for s in support], jnp.int32)
+      hp[field] = codes[jax.random.randint(keys[field], (n,), 0, len(support))]
+    hp["inner_steps"] = jax.random.randint(
+        keys["inner_steps"], (n,), 1, self.max_inner_steps + 1).astype(jnp.int32)
+    lows, highs = (jnp.asarray([math.log(self.learning_rate_range(o)[i])
+                                for o in optimizers.OPTIMIZERS]) for i in (0, 1))
+    u = jax.random.uniform(keys["learning_rate"], (n,))
+    opt = hp["optimizer"]
+    hp["learning_rate"] = jnp.exp(lows[opt] + u * (highs[opt] - lows[opt]))
+    for field in CONTINUOUS:
+      if field != "learning_rate":
+        hp[field] = self.prior(field).sample(keys[field], n)
+    if "shrink_perturb" in self.regularizers:
+      # One switch turns both parts on: a member shrinks and perturbs, or does neither.
+      always_on = dataclasses.replace(self.prior("perturb"), p_off=0.0)
+      hp["perturb"] = jnp.where(hp["shrink"] > 0, always_on.sample(keys["perturb"], n), 0.0)
+    return {f: hp[f] for f in FIELDS}
+
+  def member(self, hparams, i: int) -> dict[str, jax.Array]:
+    return {f: v[i] for f, v in hparams.items()}
+
+  # ------------------------------------------------------------------- checks
+
+  def validate(self, hparams: Mapping[str, Any]) -> None:
+    """Raises ValueError naming the field, the value and what the family allows."""
+    missing = [f for f in FIELDS if f not in hparams]
+    extra = [f for f in hparams if f not in FIELDS]
+    if missing or extra:
+      raise ValueError(f"hyperparams must have exactly the fields {list(FIELDS)}; "
+                       f"missing {missing}, unknown {extra}.")
+    values = {f: np.asarray(hparams[f]).reshape(-1) for f in FIELDS}
+    sizes = {v.size for v in values.values()}
+    if len(sizes) != 1:
+      raise ValueError(f"hyperparam fields have different sizes {sorted(sizes)}.")
+    for i in range(sizes.pop()):
+      self._validate_member({f: v[i] for f, v in values.items()})
+
+  def _validate_member(self, hp):
+    where = f"family {self.name!r}"
+    for field in ("network", "activation", "optimizer"):
+      names, support = _NAMES[field], getattr(self, field + "s")
+      code = hp[field]
+      if code != int(code) or not 0 <= int(code) < len(names):
+        raise ValueError(f"hyperparam {field}={code!r} is not a valid code; "
+                         f"codes are 0..{len(names) - 1} for {list(names)}.")
+      if names[int(code)] not in support:
+        raise ValueError(f"hyperparam {field}={names[int(code)]!r} is outside {where}: "
+                         f"allowed {list(support)}.")
+    steps = hp["inner_steps"]
+    if steps != int(steps) or not 1 <= steps <= self.max_inner_steps:
+      raise ValueError(f"hyperparam inner_steps={steps!r} is outside {where}: allowed "
+                       f"integers 1..{self.max_inner_steps}.")
+    opt = optimizers.OPTIMIZERS[int(hp["optimizer"])]
+    low, high = self.learning_rate_range(opt)
+    lr = float(hp["learning_rate"])
+    if not (math.isfinite(lr) and low * (1 - 1e-6) <= lr <= high * (1 + 1e-6)):
+      raise ValueError(f"hyperparam learning_rate={lr!r} is outside {where}: "
+                       f"for optimizer {opt!r} allowed [{low:g}, {high:g}].")
+    for field in CONTINUOUS:
+      if field == "learning_rate":
+        continue
+      value, prior = float(hp[field]), self.prior(field)
+      if not (math.isfinite(value) and prior.allows(value)):
+        raise ValueError(f"hyperparam {field}={value!r} is outside {where}: "
+                         f"allowed {prior.text()}.")
+
+  def with_overrides(self, hparams, overrides: Mapping[str, Any]):
+    """Sets fields of every member from {field: value}; names are accepted for codes."""
+    out = dict(hparams)
+    for field, value in overrides.items():
+      if field not in FIELDS:
+        raise ValueError(f"unknown hyperparam {field!r}; fields are {list(FIELDS)}.")
+      if field in _NAMES and isinstance(value, str):
+        names = _NAMES[field]
+        if value not in names:
+          raise ValueError(f"unknown {field} {value!r}; allowed: {list(names)} "
+                           f"(family {self.name!r} supports {list(getattr(self, field + 's'))}).")
+        value = names.index(value)
+      dtype = jnp.int32 if field in DISCRETE else jnp.float32
+      out[field] = jnp.full_like(out[field], value, dtype=dtype)
+    self.validate(out)
+    return out
+
+  def describe(self, hparams) -> str:
+    """One member's hyperparams as readable text."""
+    hp = {f: np.asarray(v).item() for f, v in hparams.items()}
+    net = networks.NETWORKS[int(hp["network"])]
+    act = networks.ACTIVATIONS[int(hp["activation"])]
+    opt = optimizers.OPTIMIZERS[int(hp["optimizer"])]
+    parts = [f"{net}(in={self.in_dim}, out={self.out_dim})" if net == "linear" else
+             f"mlp(width={self.width}, depth={self.depth}, {act})"]
+    opt_args = [f"lr={hp['learning_rate']:.3g}"]
+    if opt in ("momentum", "adam"):
+      opt_args.append(f"{'momentum' if opt == 'momentum' else 'b1'}={hp['momentum']:.3g}")
+    if opt in ("adam", "rmsprop"):
+      opt_args.append(f"{'b2' if opt == 'adam' else 'decay'}={hp['beta2']:.4g}")
+    parts.append(f"{opt}({', '.join(opt_args)})")
+    if hp["weight_decay"]:
+      parts.append(f"weight_decay={hp['weight_decay']:.3g}")
+    anchor = ("initial weights" if hp["anchor_rate"] == 0 else
+              f"EMA anchor rate {hp['anchor_rate']:.3g}")
+    if hp["l2_strength"]:
+      parts.append(f"l2-to-anchor(strength={hp['l2_strength']:.3g}, {anchor})")
+    if hp["ewc_strength"]:
+      parts.append(f"online-ewc(strength={hp['ewc_strength']:.3g}, "
+                   f"decay={hp['ewc_decay']:.4g}, {anchor})")
+    if hp["replay_ratio"]:
+      parts.append(f"replay(ratio={hp['replay_ratio']:.3g}, size={self.replay_size})")
+    if hp["shrink"] or hp["perturb"]:
+      parts.append(f"shrink-perturb(shrink={hp['shrink']:.3g}, perturb={hp['perturb']:.3g})")
+    parts.append(f"{int(hp['inner_steps'])} inner step(s)")
+    parts.append(f"softmax(T={hp['temperature']:.3g})" if self.task == "classification"
+                 else "regression head")
+    parts.append(f"init_scale={hp['init_scale']:.3g}")
+    return " | ".join(parts)
+
+
+def _choices(family, field, values, allowed, empty_ok=False):
+  if not values and not empty_ok:
+    raise ValueError(f"family {family!r}: {field} must name at least one of {list(allowed)}.")
+  for v in values:
+    if v not in allowed:
+      raise ValueError(f"family {family!r}: unknown {field[:-1] if field.endswith('s') else field}"
+                       f" {v!r}; allowed: {list(allowed)}.")
+
+
+# Named presets; a config picks one by `family.name` and may override any field.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "sgd_linear": dict(networks=("linear",), optimizers=("sgd",)),
+    "sgd_mlp": dict(networks=("mlp",), activations=("tanh",), optimizers=("sgd",)),
+    "adam_mlp": dict(networks=("mlp",), activations=("tanh", "relu"), optimizers=("adam",)),
+    "optimizers_mlp": dict(networks=("mlp",), activations=("tanh",),
+                           optimizers=optimizers.OPTIMIZERS),
+    "continual_mlp": dict(networks=("mlp",), activations=("tanh",), optimizers=("sgd",),
+                          regularizers=REGULARIZERS),
+    "mixed": dict(networks=networks.NETWORKS, activations=("relu", "tanh", "gelu"),
+                  optimizers=optimizers.OPTIMIZERS, regularizers=REGULARIZERS,
+                  max_inner_steps=2),
+}
+
+
+def _names(value) -> tuple:
+  if isinstance(value, str):
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+  return tuple(value)
+
+
+def from_config(config, task: str, x_shape: tuple, out_dim: int) -> Family:
+  """A Family from `config.family` ({'name': preset, any Family field: override}).
+
+  Tuple fields accept comma-separated strings, e.g. `--config.family.optimizers=sgd,adam`.
+  """
+  values = dict(config.items()) if hasattr(config, "items") else dict(config)
+  name = values.pop("name")
+  if name not in FAMILIES:
+    raise ValueError(f"unknown family {name!r}; allowed: {sorted(FAMILIES)}.")
+  allowed = {f.name for f in dataclasses.fields(Family)} - {"name", "task", "x_shape",
+                                                            "out_dim"}
+  unknown = sorted(k for k in values if k not in allowed)
+  if unknown:
+    raise ValueError(f"unknown family config field(s) {unknown}; allowed: {sorted(allowed)}.")
+  fields = dict(FAMILIES[name])
+  fields.update({k: v for k, v in values.items() if v is not None})
+  for k in ("networks", "activations", "optimizers", "regularizers"):
+    if k in fields:
+      fields[k] = _names(fields[k])
+  return Family(name=name, task=task, x_shape=tuple(x_shape), out_dim=out_dim, **fields)

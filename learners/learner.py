@@ -1,0 +1,149 @@
+"""One member of the family as an online learner: its state, behaviour and update.
+
+`step(family, hparams, state, x, y)` first answers `x` (the behaviour a_t, taken before
+learning), then learns from (x, y). One observation runs `inner_steps` gradient steps
+(a static maximum, masked) of the member's optimizer on
+
+    (1 - r) * loss(x, y) + r * loss(replayed batch)  + penalties (L2 to anchor, EWC),
+
+then updates the Fisher estimate (from the batch gradient at the pre-update weights),
+the anchor, the replay reservoir, and applies shrink-and-perturb. Randomness (replay,
+reservoir, perturbation) comes from the member's key folded with the step number.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learners import networks, optimizers, regularizers
+from learners.family import Family
+
+
+class LearnerState(NamedTuple):
+  params: Any
+  opt_state: Any
+  anchor: Any  # None unless the family has l2 or ewc
+  fisher: Any  # None unless the family has ewc
+  replay: Any  # regularizers.Replay, or None unless the family has replay
+  key: jax.Array
+  step: jax.Array
+
+
+def y_spec(family: Family):
+  """Per-example target shape and dtype."""
+  if family.task == "classification":
+    return (), jnp.int32
+  return (family.out_dim,), jnp.float32
+
+
+def init(family: Family, hparams, key) -> LearnerState:
+  k_params, k_run = jax.random.split(key)
+  params = networks.init(k_params, family.in_dim, family.out_dim, family.width,
+                         family.depth, family.networks, scale=hparams["init_scale"])
+  regs = family.regularizers
+  replay = None
+  if "replay" in regs:
+    replay = regularizers.replay_init(family.replay_size, family.x_shape, *y_spec(family))
+  return LearnerState(
+      params=params,
+      opt_state=optimizers.init(family.optimizers, hparams, params),
+      anchor=params if family.uses_anchor else None,
+      fisher=jax.tree.map(jnp.zeros_like, params) if "ewc" in regs else None,
+      replay=replay,
+      key=k_run,
+      step=jnp.zeros((), jnp.int32),
+  )
+
+
+def outputs(family: Family, hparams, params, x):
+  """Raw outputs [B, out]: regression values or logits."""
+  return networks.apply(params, x, hparams["network"], hparams["activation"],
+                        family.networks, family.activations)
+
+
+def head(family: Family, hparams, out):
+  """Behaviour from raw outputs: values, or softmax(logits / temperature) [B, C]."""
+  if family.task == "classification":
+    return jax.nn.softmax(out / hparams["temperature"], axis=-1)
+  return out
+
+
+def loss_from_outputs(family: Family, hparams, out, y):
+  """Mean over the batch of 0.5 * ||out - y||^2, or of the cross-entropy of the head."""
+  if family.task == "classification":
+    logp = jax.nn.log_softmax(out / hparams["temperature"], axis=-1)
+    return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean()
+  return 0.5 * jnp.sum((out - y) ** 2, axis=-1).mean()
+
+
+def data_loss(family: Family, hparams, params, x, y):
+  """(loss, raw outputs) of params on a batch."""
+  out = outputs(family, hparams, params, x)
+  return loss_from_outputs(family, hparams, out, y), out
+
+
+def behave(family: Family, hparams, state: LearnerState, x):
+  """The behaviour on x [B, ...] without learning: [B, out]."""
+  return head(family, hparams, outputs(family, hparams, state.params, x))
+
+
+def update(family: Family, hparams, state: LearnerState, x, y, grads=None) -> LearnerState:
+  """Learns from (x, y); `grads` may pass the data gradient at state.params if known."""
+  grad_fn = jax.grad(lambda p, x, y: data_loss(family, hparams, p, x, y)[0])
+  if grads is None:
+    grads = grad_fn(state.params, x, y)
+  k_sample, k_insert, k_perturb = jax.random.split(
+      jax.random.fold_in(state.key, state.step), 3)
+  regs = family.regularizers
+
+  if "replay" in regs:
+    idx = regularizers.replay_indices(state.replay, k_sample, x.shape[0])
+    x_rep, y_rep = state.replay.x[idx], state.replay.y[idx]
+    ratio = jnp.where(state.replay.count > 0, hparams["replay_ratio"], 0.0)
+
+  def total_grads(params, data_grads):
+    g = data_grads
+    if "replay" in regs:
+      g_rep = grad_fn(params, x_rep, y_rep)
+      g = jax.tree.map(lambda a, b: (1.0 - ratio) * a + ratio * b, g, g_rep)
+    if family.uses_anchor:
+      pen = regularizers.penalty_grads(params, state.anchor, state.fisher, hparams)
+      g = jax.tree.map(jnp.add, g, pen)
+    return g
+
+  params, opt_state = state.params, state.opt_state
+  for i in range(family.max_inner_steps):
+    data_grads = grads if i == 0 else grad_fn(params, x, y)
+    updates, new_opt = optimizers.update(family.optimizers, hparams,
+                                         total_grads(params, data_grads), opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    if i == 0:
+      params, opt_state = new_params, new_opt
+    else:
+      keep = i < hparams["inner_steps"]
+      params, opt_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o),
+                                       (new_params, new_opt), (params, opt_state))
+
+  fisher = state.fisher
+  if "ewc" in regs:
+    fisher = regularizers.update_fisher(fisher, grads, hparams["ewc_decay"])
+  anchor = state.anchor
+  if family.uses_anchor:
+    anchor = regularizers.update_anchor(anchor, params, hparams["anchor_rate"])
+  replay = state.replay
+  if "replay" in regs:
+    replay = regularizers.replay_insert(replay, x, y, k_insert)
+  if "shrink_perturb" in regs:
+    params = regularizers.shrink_perturb(params, hparams["shrink"], hparams["perturb"],
+                                         k_perturb)
+  return LearnerState(params, opt_state, anchor, fisher, replay, state.key, state.step + 1)
+
+
+def step(family: Family, hparams, state: LearnerState, x, y):
+  """Answers x, then learns from (x, y): (state, (behaviour [B, out], loss []))."""
+  (loss, out), grads = jax.value_and_grad(
+      lambda p: data_loss(family, hparams, p, x, y), has_aux=True)(state.params)
+  state = update(family, hparams, state, x, y, grads=grads)
+  return state, (head(family, hparams, out), loss)
