@@ -206,3 +206,28 @@ def make_stream(spec: StreamSpec, key: jax.Array, data: Any = None) -> Stream:
     return protocols.protocol_stream(spec, key, data)
   from learners import npz
   return npz.npz_stream(spec, key, data)
+
+
+def load_data(spec: StreamSpec) -> Any:
+  """The on-device data `make_stream` needs for `spec`: None for synthetic kinds, a
+  `LabelledData` for `dataset` kinds, an `NpzData` for `npz`. Load it once, on the host."""
+  if spec.kind in SYNTHETIC_KINDS:
+    return None
+  if spec.kind == "dataset":
+    from learners import protocols
+    return protocols.load(spec)
+  from learners import npz
+  return npz.load(spec.npz_path)
+
+
+def signature(spec: StreamSpec, data: Any = None) -> tuple[str, tuple[int, ...], int]:
+  """(task, x_shape, out_dim) of the streams `spec` makes from `data` (`load_data`);
+  out_dim is the number of classes for classification, the target width otherwise."""
+  if spec.kind in SYNTHETIC_KINDS:
+    out = spec.n_classes if spec.task == "classification" else spec.out_dim
+    return spec.task, (spec.dim,), out
+  if spec.kind == "dataset":
+    from learners import protocols
+    return protocols.signature(spec, data)
+  from learners import npz
+  return npz.signature(spec, data)

@@ -1,0 +1,173 @@
+"""A user's stream file: arrays in an .npz, consumed in order.
+
+Flat format (what `save_stream` writes):
+
+- `x [N, ...]` numeric inputs (at least one feature axis; [N, 1] for scalar inputs);
+- `y [N]` int class labels (classification), `y [N]` float scalar targets (regression,
+  read as [N, 1]) or `y [N, k]` float targets (regression with k outputs);
+- `task_id [N]` int, optional (zeros);
+- `n_classes` int scalar, optional (classification; default max label + 1).
+
+A teacher dump (it has a `behaviour` key, with `x [T, B, ...]`, `y [T, B]` or
+`[T, B, k]` and `task_id [T]`) is read as the flat stream it was recorded on, so
+`--stream_npz=teacher.npz` replays a dumped teacher's stream.
+
+Step t of a stream takes examples t*B .. t*B + B - 1; its task_id is its first example's.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from learners import streams
+
+
+@flax.struct.dataclass
+class NpzData:
+  """x [N, ...] float32; y [N] int32 or [N, k] float32; task_id [N] int32."""
+
+  x: jax.Array
+  y: jax.Array
+  task_id: jax.Array
+  task: str = flax.struct.field(pytree_node=False)
+  n_classes: int = flax.struct.field(pytree_node=False)  # 0 for regression
+  path: str = flax.struct.field(pytree_node=False, default="")
+
+
+def load(path: str) -> NpzData:
+  """Reads and validates a stream file (flat or teacher dump) onto the device."""
+  if not os.path.isfile(path):
+    raise ValueError(f"stream file {path!r} does not exist.")
+  fail = lambda key, msg: ValueError(f"stream file {path!r}: key {key!r} {msg}")
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+    archive = None
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise ValueError(f"stream file {path!r} is not an .npz archive (write one with "
+                     f"np.savez, with keys x and y).")
+  with archive:
+    dump = "behaviour" in archive.files
+    arrays = {}
+    for key in ("x", "y", "task_id", "n_classes"):
+      if key not in archive.files:
+        continue
+      try:
+        arrays[key] = archive[key]
+      except ValueError:  # object arrays need pickle, which a data file must not use
+        raise fail(key, "holds Python objects; a numeric array is expected.") from None
+  for key in ("x", "y"):
+    if key not in arrays:
+      raise fail(key, f"is missing; found keys {sorted(archive.files)}.")
+  for key, a in arrays.items():
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+      raise fail(key, f"has dtype {a.dtype}; a real int or float array is expected.")
+  if dump:
+    x, y, task_id = _flatten_dump(arrays, fail)
+  else:
+    x, y = arrays["x"], arrays["y"]
+    if x.ndim < 2:
+      raise fail("x", f"has shape {x.shape}; [N, ...] with at least one feature axis "
+                      f"is expected ([N, 1] for scalar inputs).")
+    task_id = arrays.get("task_id", np.zeros(len(x), np.int32))
+  n = x.shape[0]
+  if n == 0:
+    raise fail("x", "holds no examples.")
+  classification = np.issubdtype(y.dtype, np.integer)
+  if (classification and y.ndim != 1) or y.ndim not in (1, 2):
+    raise fail("y", f"has shape {y.shape} ({y.dtype}); expected int labels [N] or float "
+                    f"targets [N] or [N, k].")
+  if task_id.ndim != 1 or not np.issubdtype(task_id.dtype, np.integer):
+    raise fail("task_id", f"has shape {task_id.shape} ({task_id.dtype}); int [N] is "
+                          f"expected.")
+  for key, a in (("y", y), ("task_id", task_id)):
+    if a.shape[0] != n:
+      raise fail(key, f"has {a.shape[0]} entries but x has {n} examples.")
+  for key, a in (("x", x), ("y", y)):
+    if not np.isfinite(a).all():
+      raise fail(key, "holds NaN or inf values.")
+  if (task_id < 0).any():
+    raise fail("task_id", "holds negative values.")
+
+  if classification:
+    if (y < 0).any():
+      raise fail("y", "holds negative class labels.")
+    n_classes = int(y.max()) + 1
+    if "n_classes" in arrays:
+      given = arrays["n_classes"]
+      if (given.shape != () or not np.issubdtype(given.dtype, np.integer)
+          or given < n_classes):
+        raise fail("n_classes", f"is {given.tolist()!r}; an int scalar above every "
+                                f"label (>= {n_classes}) is expected.")
+      n_classes = int(given)
+    if n_classes < 2:
+      raise fail("y", "holds a single class; add an int scalar n_classes >= 2 to the "
+                      "file.")
+    y = jnp.asarray(y, jnp.int32)
+  else:
+    n_classes = 0
+    y = jnp.asarray(y.reshape(n, -1), jnp.float32)
+  return NpzData(x=jnp.asarray(x, jnp.float32), y=y,
+                 task_id=jnp.asarray(task_id, jnp.int32),
+                 task="classification" if classification else "regression",
+                 n_classes=n_classes, path=path)
+
+
+def _flatten_dump(arrays, fail):
+  """A teacher dump's x [T, B, ...], y [T, B(, k)], task_id [T] as flat arrays."""
+  x, y = arrays["x"], arrays["y"]
+  if x.ndim < 3:
+    raise fail("x", f"has shape {x.shape}; a teacher dump (it has 'behaviour') holds x "
+                    f"[T, B, ...].")
+  T, B = x.shape[:2]
+  if y.shape[:2] != (T, B) or y.ndim not in (2, 3):
+    raise fail("y", f"has shape {y.shape}; a teacher dump with x {x.shape} holds y "
+                    f"[{T}, {B}] or [{T}, {B}, k].")
+  task_id = arrays.get("task_id", np.zeros(T, np.int32))
+  if task_id.shape != (T,):
+    raise fail("task_id", f"has shape {task_id.shape}; a teacher dump holds task_id "
+                          f"[{T}].")
+  return (x.reshape((T * B,) + x.shape[2:]), y.reshape((T * B,) + y.shape[2:]),
+          np.repeat(task_id, B))
+
+
+def signature(spec: streams.StreamSpec, data: NpzData):
+  """(task, x_shape, out_dim): out_dim is n_classes or the target width k."""
+  del spec
+  out = data.n_classes if data.task == "classification" else data.y.shape[1]
+  return data.task, tuple(data.x.shape[1:]), out
+
+
+def check(spec: streams.StreamSpec, data: NpzData) -> None:
+  """The file must hold horizon * batch examples; shapes are static, so fine under jit."""
+  n = data.x.shape[0]
+  if n < spec.horizon * spec.batch:
+    raise ValueError(
+        f"stream file {data.path or spec.npz_path!r} holds N={n} examples, fewer than "
+        f"horizon * batch = {spec.horizon} * {spec.batch} = {spec.horizon * spec.batch}; "
+        f"lower stream.horizon or stream.batch.")
+
+
+def npz_stream(spec: streams.StreamSpec, key: jax.Array, data: NpzData) -> streams.Stream:
+  """The file's first horizon * batch examples as a [T, B, ...] stream (key unused)."""
+  del key
+  check(spec, data)
+  T, B = spec.horizon, spec.batch
+  take = lambda a: a[:T * B].reshape((T, B) + a.shape[1:])
+  return streams.Stream(x=take(data.x), y=take(data.y), task_id=data.task_id[:T * B:B])
+
+
+def save_stream(path: str, stream: streams.Stream, n_classes: int | None = None) -> None:
+  """Writes `stream` in the flat format; `n_classes` is stored for classification."""
+  T, B = stream.x.shape[:2]
+  flat = lambda a: np.asarray(a).reshape((T * B,) + a.shape[2:])
+  extra = {} if n_classes is None else {"n_classes": np.int64(n_classes)}
+  with open(path, "wb") as f:  # a file object: np.savez would append .npz to a name
+    np.savez(f, x=flat(stream.x), y=flat(stream.y),
+             task_id=np.repeat(np.asarray(stream.task_id), B), **extra)
