@@ -30,7 +30,7 @@ def family_config(name: str, **overrides) -> config_dict.ConfigDict:
   cfg.name = name
   types = {"width": int, "depth": int, "networks": str, "activations": str,
            "optimizers": str, "regularizers": str, "replay_size": int,
-           "max_inner_steps": int, "lr_scale": float}
+           "max_inner_steps": int, "lr_scale": float, "priors": str}
   for field, kind in types.items():
     cfg[field] = config_dict.placeholder(kind)
   for field, value in overrides.items():

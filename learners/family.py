@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Mapping
 
 import jax
@@ -57,6 +58,9 @@ _REGULARIZER_OF = {"l2_strength": "l2", "ewc_strength": "ewc", "ewc_decay": "ewc
                    "perturb": "shrink_perturb"}
 
 
+PRIOR_KINDS = ("uniform", "log_uniform", "fixed")
+
+
 @dataclasses.dataclass(frozen=True)
 class Prior:
   """A 1-d prior: `log_uniform` or `uniform` on [low, high], or `fixed` at low.
@@ -68,6 +72,35 @@ class Prior:
   low: float
   high: float = 0.0
   p_off: float = 0.0
+
+  def check(self, where: str) -> None:
+    if self.kind not in PRIOR_KINDS:
+      raise ValueError(f"{where}: kind {self.kind!r}; allowed: {list(PRIOR_KINDS)}.")
+    if self.kind != "fixed" and not self.low <= self.high:
+      raise ValueError(f"{where}: low={self.low} must be <= high={self.high}.")
+    if self.kind == "log_uniform" and self.low <= 0:
+      raise ValueError(f"{where}: log_uniform needs low > 0, got {self.low}.")
+    if not 0.0 <= self.p_off < 1.0:
+      raise ValueError(f"{where}: p_off={self.p_off} must be in [0, 1).")
+
+  @classmethod
+  def parse(cls, text: str) -> "Prior":
+    """'uniform(0, 0.2)', 'log_uniform(1e-3, 1e-1, p_off=0.5)' or 'fixed(1.0)'."""
+    m = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", text)
+    if not m:
+      raise ValueError(f"prior {text!r} must look like uniform(low, high), "
+                       "log_uniform(low, high[, p_off=p]) or fixed(value).")
+    kind, args = m.group(1), [a.strip() for a in m.group(2).split(",") if a.strip()]
+    try:
+      p_off = [float(a.split("=")[1]) for a in args if a.startswith("p_off")]
+      nums = [float(a) for a in args if not a.startswith("p_off")]
+    except (ValueError, IndexError):
+      raise ValueError(f"prior {text!r}: arguments must be numbers.") from None
+    if kind not in PRIOR_KINDS or len(nums) != (1 if kind == "fixed" else 2):
+      raise ValueError(f"prior {text!r}: use uniform(low, high), log_uniform(low, high) "
+                       "or fixed(value).")
+    return cls(kind, nums[0], nums[-1] if kind != "fixed" else 0.0,
+               p_off[0] if p_off else 0.0)
 
   def sample(self, key, n):
     k_on, k_v = jax.random.split(key)
@@ -129,6 +162,7 @@ class Family:
   replay_size: int = 64
   max_inner_steps: int = 1
   lr_scale: float = 1.0
+  priors: tuple = ()  # ((field, Prior), ...) replacing DEFAULT_PRIORS entries
 
   def __post_init__(self):
     _choices(self.name, "task", (self.task,), TASKS)
@@ -144,6 +178,11 @@ class Family:
                          f">= {low}.")
     if not (isinstance(self.lr_scale, (int, float)) and self.lr_scale > 0):
       raise ValueError(f"family {self.name!r}: lr_scale={self.lr_scale!r} must be > 0.")
+    for field, prior in self.priors:
+      if field not in DEFAULT_PRIORS:
+        raise ValueError(f"family {self.name!r}: no prior to set for {field!r}; fields "
+                         f"with priors: {sorted(DEFAULT_PRIORS)} (learning rates: lr_scale).")
+      prior.check(f"family {self.name!r} prior of {field}")
 
   # ------------------------------------------------------------------- structure
 
@@ -164,7 +203,7 @@ class Family:
       return Prior("fixed", 0.0)
     if field == "temperature" and self.task == "regression":
       return Prior("fixed", 1.0)
-    prior = DEFAULT_PRIORS[field]
+    prior = dict(self.priors).get(field, DEFAULT_PRIORS[field])
     if reg == "shrink_perturb":
       # Both parts come on together; off is the member with shrink = perturb = 0.
       prior = dataclasses.replace(prior, p_off=0.5)
@@ -211,6 +250,57 @@ class Family:
       always_on = dataclasses.replace(self.prior("perturb"), p_off=0.0)
       hp["perturb"] = jnp.where(hp["shrink"] > 0, always_on.sample(keys["perturb"], n), 0.0)
     return {f: hp[f] for f in FIELDS}
+
+  # ------------------------------------------------------------------- unconstrained
+
+  def _interval(self, field, optimizer_code):
+    """(low, high, scale) of a continuous field's support; scale 'log', 'linear' or
+    'fixed'. A component that may be off maps onto [0, high] linearly."""
+    if field == "learning_rate":
+      lows, highs = (jnp.asarray([self.learning_rate_range(o)[i]
+                                  for o in optimizers.OPTIMIZERS]) for i in (0, 1))
+      return lows[optimizer_code], highs[optimizer_code], "log"
+    prior = self.prior(field)
+    if prior.kind == "fixed":
+      return prior.low, prior.low, "fixed"
+    if prior.p_off:
+      return 0.0, prior.high, "linear"
+    return prior.low, prior.high, "log" if prior.kind == "log_uniform" else "linear"
+
+  def log_scale_fields(self) -> tuple:
+    """Continuous fields whose support is log-scaled (recovery errors are log-ratios)."""
+    return tuple(f for f in CONTINUOUS if self._interval(f, 0)[2] == "log")
+
+  def from_unconstrained(self, u, discrete):
+    """Hyperparams from unconstrained reals u {field: [...]} (continuous fields) and the
+    discrete codes {field: [...]}: each field lands inside the family's support."""
+    hp = dict(discrete)
+    for field in CONTINUOUS:
+      low, high, scale = self._interval(field, discrete["optimizer"])
+      s = jax.nn.sigmoid(u[field])
+      if scale == "fixed":
+        hp[field] = jnp.full_like(s, low)
+      elif scale == "log":
+        hp[field] = jnp.exp(jnp.log(low) + s * (jnp.log(high) - jnp.log(low)))
+      else:
+        hp[field] = low + s * (high - low)
+    return {f: hp[f] for f in FIELDS}
+
+  def to_unconstrained(self, hparams):
+    """Inverse of `from_unconstrained` for the continuous fields (clipped inside)."""
+    u = {}
+    for field in CONTINUOUS:
+      low, high, scale = self._interval(field, hparams["optimizer"])
+      v = jnp.asarray(hparams[field], jnp.float32)
+      if scale == "fixed":
+        frac = jnp.full_like(v, 0.5)
+      elif scale == "log":
+        frac = (jnp.log(v) - jnp.log(low)) / (jnp.log(high) - jnp.log(low))
+      else:
+        frac = (v - low) / (high - low)
+      frac = jnp.clip(frac, 1e-6, 1 - 1e-6)
+      u[field] = jnp.log(frac) - jnp.log1p(-frac)
+    return u
 
   def member(self, hparams, i: int) -> dict[str, jax.Array]:
     return {f: v[i] for f, v in hparams.items()}
@@ -322,7 +412,9 @@ def _choices(family, field, values, allowed, empty_ok=False):
 
 # Named presets; a config picks one by `family.name` and may override any field.
 FAMILIES: dict[str, dict[str, Any]] = {
-    "sgd_linear": dict(networks=("linear",), optimizers=("sgd",)),
+    # Online linear learners start near zero, as LMS does.
+    "sgd_linear": dict(networks=("linear",), optimizers=("sgd",),
+                       priors=(("init_scale", Prior("uniform", 0.0, 0.1)),)),
     "sgd_mlp": dict(networks=("mlp",), activations=("tanh",), optimizers=("sgd",)),
     "adam_mlp": dict(networks=("mlp",), activations=("tanh", "relu"), optimizers=("adam",)),
     "optimizers_mlp": dict(networks=("mlp",), activations=("tanh",),
@@ -341,10 +433,23 @@ def _names(value) -> tuple:
   return tuple(value)
 
 
+def _parse_priors(text: str) -> dict:
+  """'init_scale=uniform(0, 0.1); momentum=fixed(0.9)' -> {field: Prior}."""
+  out = {}
+  for part in filter(None, (p.strip() for p in text.split(";"))):
+    field, sep, prior = part.partition("=")
+    if not sep:
+      raise ValueError(f"family.priors part {part!r} must be FIELD=PRIOR, e.g. "
+                       "'init_scale=uniform(0, 0.1)'.")
+    out[field.strip()] = Prior.parse(prior)
+  return out
+
+
 def from_config(config, task: str, x_shape: tuple, out_dim: int) -> Family:
   """A Family from `config.family` ({'name': preset, any Family field: override}).
 
-  Tuple fields accept comma-separated strings, e.g. `--config.family.optimizers=sgd,adam`.
+  Tuple fields accept comma-separated strings, e.g. `--config.family.optimizers=sgd,adam`;
+  `priors` takes 'FIELD=PRIOR; ...', e.g. 'init_scale=uniform(0, 0.1)'.
   """
   values = dict(config.items()) if hasattr(config, "items") else dict(config)
   name = values.pop("name")
@@ -356,8 +461,11 @@ def from_config(config, task: str, x_shape: tuple, out_dim: int) -> Family:
   if unknown:
     raise ValueError(f"unknown family config field(s) {unknown}; allowed: {sorted(allowed)}.")
   fields = dict(FAMILIES[name])
+  priors = dict(fields.pop("priors", ()))
+  priors.update(_parse_priors(values.pop("priors", None) or ""))
   fields.update({k: v for k, v in values.items() if v is not None})
   for k in ("networks", "activations", "optimizers", "regularizers"):
     if k in fields:
       fields[k] = _names(fields[k])
+  fields["priors"] = tuple(sorted(priors.items()))
   return Family(name=name, task=task, x_shape=tuple(x_shape), out_dim=out_dim, **fields)

@@ -38,10 +38,12 @@ def y_spec(family: Family):
   return (family.out_dim,), jnp.float32
 
 
-def init(family: Family, hparams, key) -> LearnerState:
+def init(family: Family, hparams, key, params=None) -> LearnerState:
+  """Initial state; weights drawn from `key` unless `params` gives them."""
   k_params, k_run = jax.random.split(key)
-  params = networks.init(k_params, family.in_dim, family.out_dim, family.width,
-                         family.depth, family.networks, scale=hparams["init_scale"])
+  if params is None:
+    params = networks.init(k_params, family.in_dim, family.out_dim, family.width,
+                           family.depth, family.networks, scale=hparams["init_scale"])
   regs = family.regularizers
   replay = None
   if "replay" in regs:

@@ -34,6 +34,13 @@ def init_mlp(key, in_dim: int, out_dim: int, width: int, depth: int, scale=1.0):
   }
 
 
+def zero_readout(params):
+  """The same params with the last layer zeroed: outputs start at 0, the prior mean of
+  a teacher's outputs, while hidden layers keep their random features."""
+  last = f"dense_{len(params) - 1}"
+  return {**params, last: jax.tree.map(jnp.zeros_like, params[last])}
+
+
 def apply_mlp(params, x, activation, support=ACTIVATIONS):
   """x [B, ...] -> outputs [B, out]; `activation` is a code into ACTIVATIONS."""
   h = x.reshape(x.shape[0], -1)

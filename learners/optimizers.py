@@ -7,6 +7,7 @@ they are traced arrays: a population with different learning rates is one `vmap`
 rollouts are differentiable with respect to them.
 """
 
+import jax.numpy as jnp
 import optax
 
 from learners import dispatch
@@ -34,14 +35,14 @@ def _make(name):
 _FACTORIES = {name: _make(name) for name in OPTIMIZERS}
 
 
+def _injected(hparams):
+  return {k: jnp.asarray(hparams[k], jnp.float32)
+          for k in ("learning_rate", "weight_decay", "momentum", "beta2")}
+
+
 def transform(name: str, hparams) -> optax.GradientTransformation:
   """The optax transformation of optimizer `name` with a member's hyperparams."""
-  return _FACTORIES[name](
-      learning_rate=hparams["learning_rate"],
-      weight_decay=hparams["weight_decay"],
-      momentum=hparams["momentum"],
-      beta2=hparams["beta2"],
-  )
+  return _FACTORIES[name](**_injected(hparams))
 
 
 def init(support, hparams, params):
@@ -54,7 +55,11 @@ def update(support, hparams, grads, states, params):
 
   def branch(name):
     def run(grads, states, params):
-      updates, new = transform(name, hparams).update(grads, states[name], params)
+      # Refresh the injected values: hyperparams may change between steps (system_id
+      # refines its estimates), and gradients reach them through this step.
+      state = states[name]
+      state = state._replace(hyperparams={**state.hyperparams, **_injected(hparams)})
+      updates, new = transform(name, hparams).update(grads, state, params)
       return updates, {**states, name: new}
     return run
 

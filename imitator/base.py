@@ -1,0 +1,76 @@
+"""The imitator protocol (DESIGN §2).
+
+An imitator is a static object (sizes, the task, a graphdef) with pure methods over its
+meta-params `meta` (a pytree of arrays, what the outer loop trains) and a fast `state`
+(what `observe` changes inside a stream):
+
+    init_meta(key) -> meta
+    init(meta, key) -> state
+    predict(meta, state, x [n, ...]) -> a_hat [n, out]     (probabilities for classification)
+    observe(meta, state, x [B, ...], y, a [B, out]) -> state
+    unroll(meta, state, xs [L, B, ...], ys, as_) -> (state, a_hat [L, B, out])
+
+An imitator sees only x, y and the teacher's behaviour a: never hyperparams or weights.
+`unroll` predicts each step before observing it; the default is a `lax.scan`, which
+sequence models override with a parallel form that must agree with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Imitator:
+  """Base class: `task` and `out_dim` of the behaviour; `x_shape` of one input."""
+
+  task: str
+  x_shape: tuple
+  out_dim: int
+  remat: bool = False
+
+  @property
+  def in_dim(self) -> int:
+    n = 1
+    for s in self.x_shape:
+      n *= s
+    return n
+
+  def init_meta(self, key):
+    raise NotImplementedError
+
+  def init(self, meta, key):
+    raise NotImplementedError
+
+  def predict(self, meta, state, x):
+    raise NotImplementedError
+
+  def observe(self, meta, state, x, y, a):
+    raise NotImplementedError
+
+  def unroll(self, meta, state, xs, ys, as_):
+    def step(state, inputs):
+      x, y, a = inputs
+      a_hat = self.predict(meta, state, x)
+      return self.observe(meta, state, x, y, a), a_hat
+
+    if self.remat:
+      step = jax.checkpoint(step)
+    return jax.lax.scan(step, state, (xs, ys, as_))
+
+  # helpers shared by the kinds
+
+  def behaviour(self, out, log_temperature=0.0):
+    """Raw outputs [n, out] -> behaviour: values, or softmax(out / temperature)."""
+    if self.task == "classification":
+      return jax.nn.softmax(out * jnp.exp(-log_temperature), axis=-1)
+    return out
+
+  def target_features(self, y):
+    """Labels as features [B, out]: regression values, or one-hot classes."""
+    if self.task == "classification":
+      return jax.nn.one_hot(y, self.out_dim)
+    return y

@@ -1,0 +1,197 @@
+"""The `gradient` imitator: fast weights moved by real gradient steps, rule meta-learned.
+
+Its fast network is the teacher family's network (`learners.networks`, same sizes and
+parametrization). Each `observe(x, y, a)` takes `inner_steps` steps
+
+    w <- w - eta_task * (grad L_task(w; x, y) + wd * w) - eta_track * grad L_track(w; x, a)
+           [+ exp(log_scale) * U(features)  with the optional learned update network U]
+
+where L_task is the teacher loss on the labels, L_track pulls the imitator's behaviour to
+the teacher's (0.5 * squared error, or KL(a || a_hat)), and the meta-params are the
+initial weights, eta_task = exp(log_step) and eta_track (per parameter or per layer),
+wd, and U.
+
+With `adapt_steps`, each layer's task step also carries a fast offset that infers the
+teacher's step size: the tracking error at step t is differentiated with respect to
+log eta through the previous task update d (d theta / d log eta = d), and the offset
+moves by -hyper_step * cos(grad L_track, d), a normalized hypergradient step whose size
+`hyper_step` is meta-learned. With eta_task = lr, wd = the teacher's, eta_track = 0 and the teacher's
+initial weights it is exactly an SGD teacher, step for step.
+
+The baselines are two settings of the same machinery: `frozen` fits the teacher's
+behaviour for its first `freeze_after` steps and then stops, `context_only` tracks the
+behaviour throughout but never sees y.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from imitator.base import Imitator
+from learners import networks
+
+_MOMENTS = (0.9, 0.99)  # EMA decays of the update network's gradient moments
+
+
+class UpdateNet(nnx.Module):
+  """Per-parameter MLP: features [n, 4] -> update [n]; the output layer starts at 0."""
+
+  def __init__(self, width: int, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(4, width, rngs=rngs)
+    self.out = nnx.Linear(width, 1, kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+  def __call__(self, features):
+    return self.out(jnp.tanh(self.hidden(features)))[..., 0]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GradientImitator(Imitator):
+  network: str = "mlp"
+  width: int = 32
+  depth: int = 1
+  activation: str = "tanh"
+  step_size: str = "per_parameter"  # or "per_layer"
+  inner_steps: int = 1
+  init_lr: float = 0.05
+  init_track: float = 0.5
+  uses_y: bool = True
+  freeze_after: int = 0  # 0: never freeze
+  adapt_steps: bool = False
+  init_hyper_step: float = 0.1
+  update_net: bool = False
+  update_net_width: int = 16
+  init_scale: float = 1.0
+
+  def __post_init__(self):
+    if self.step_size not in ("per_parameter", "per_layer"):
+      raise ValueError(f"imitator step_size={self.step_size!r}; allowed: "
+                       "['per_parameter', 'per_layer'].")
+    if self.network not in networks.NETWORKS:
+      raise ValueError(f"imitator network={self.network!r}; allowed: "
+                       f"{list(networks.NETWORKS)}.")
+    if self.activation not in networks.ACTIVATIONS:
+      raise ValueError(f"imitator activation={self.activation!r}; allowed: "
+                       f"{list(networks.ACTIVATIONS)}.")
+    if self.update_net:
+      object.__setattr__(self, "_update_graph",
+                         nnx.split(UpdateNet(self.update_net_width, nnx.Rngs(0)))[0])
+
+  # ----------------------------------------------------------------- structure
+
+  def _depth(self):
+    return 0 if self.network == "linear" else self.depth
+
+  def apply(self, params, x):
+    """Raw outputs [n, out] of the fast network."""
+    return networks.apply_mlp(params, x, networks.ACTIVATIONS.index(self.activation),
+                              support=(self.activation,))
+
+  def _per(self, params, value):
+    """A per-parameter array or a per-layer scalar filled with `value`, for each leaf."""
+    if self.step_size == "per_parameter":
+      return jax.tree.map(lambda p: jnp.full(p.shape, value, jnp.float32), params)
+    return jax.tree.map(lambda p: jnp.asarray(value, jnp.float32), params)
+
+  def init_meta(self, key):
+    k_init, k_net = jax.random.split(key)
+    params = networks.zero_readout(networks.init_mlp(
+        k_init, self.in_dim, self.out_dim, self.width, self._depth(), scale=self.init_scale))
+    meta = {
+        "init": params,
+        "log_step": self._per(params, math.log(self.init_lr)),
+        "track_step": self._per(params, self.init_track),
+        "weight_decay": jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params),
+        "log_temperature": jnp.zeros((), jnp.float32),
+    }
+    if not self.uses_y:
+      meta["log_step"] = jax.tree.map(jnp.zeros_like, meta["log_step"])  # unused
+    if self.adapt_steps:
+      meta["hyper_step"] = jax.tree.map(
+          lambda p: jnp.asarray(self.init_hyper_step, jnp.float32), params)
+    if self.update_net:
+      meta["update_net"] = nnx.to_pure_dict(nnx.split(
+          UpdateNet(self.update_net_width, nnx.Rngs(k_net)))[1])
+      meta["log_update_scale"] = jnp.asarray(math.log(self.init_lr), jnp.float32)
+    return meta
+
+  def init(self, meta, key):
+    state = {"params": meta["init"], "step": jnp.zeros((), jnp.int32)}
+    if self.adapt_steps:
+      state["log_step_offset"] = jax.tree.map(lambda p: jnp.zeros(()), meta["init"])
+      state["last_task_update"] = jax.tree.map(jnp.zeros_like, meta["init"])
+    if self.update_net:
+      zeros = jax.tree.map(jnp.zeros_like, meta["init"])
+      state["moments"] = (zeros, zeros)
+    return state
+
+  # ----------------------------------------------------------------- protocol
+
+  def predict(self, meta, state, x):
+    return self.behaviour(self.apply(state["params"], x), meta["log_temperature"])
+
+  def _loss_grads(self, meta, params, x, y, a):
+    """(grad of L_task, grad of L_track) at params, sharing one forward pass."""
+    out, vjp = jax.vjp(lambda p: self.apply(p, x), params)
+    n = x.shape[0]
+    if self.task == "classification":
+      inv_t = jnp.exp(-meta["log_temperature"])
+      probs = jax.nn.softmax(out * inv_t, axis=-1)
+      d_task = (probs - jax.nn.one_hot(y, self.out_dim)) * inv_t / n
+      d_track = (probs - a) * inv_t / n
+    else:
+      d_task = (out - y) / n
+      d_track = (out - a) / n
+    return vjp(d_task)[0], vjp(d_track)[0]
+
+  def _step(self, meta, state, x, y, a):
+    params = state["params"]
+    g_task, g_track = self._loss_grads(meta, params, x, y, a)
+    delta = jax.tree.map(lambda eta, g: -eta * g, meta["track_step"], g_track)
+    new = dict(state)
+    if self.uses_y:
+      log_step = meta["log_step"]
+      if self.adapt_steps:
+        offset = jax.tree.map(
+            lambda o, beta, g, d: o - beta * jnp.sum(g * d) / (
+                jnp.sqrt(jnp.sum(g * g) + 1e-12) * jnp.sqrt(jnp.sum(d * d) + 1e-12)),
+            state["log_step_offset"], meta["hyper_step"], g_track,
+            state["last_task_update"])
+        log_step = jax.tree.map(jnp.add, log_step, offset)
+        new["log_step_offset"] = offset
+      task_update = jax.tree.map(lambda log_eta, g, wd, p: -jnp.exp(log_eta) * (g + wd * p),
+                                 log_step, g_task, meta["weight_decay"], params)
+      if self.adapt_steps:
+        new["last_task_update"] = task_update
+      delta = jax.tree.map(jnp.add, delta, task_update)
+    if self.update_net:
+      m, v = state["moments"]
+      b1, b2 = _MOMENTS
+      m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, g_task)
+      v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g_task)
+      net = nnx.merge(self._update_graph, meta["update_net"])
+      scale = jnp.exp(meta["log_update_scale"])
+
+      def learned(d, gt, gk, m, v):
+        feats = jnp.stack([gt, gk, m, m / (jnp.sqrt(v) + 1e-8)], axis=-1)
+        return d + scale * net(feats.reshape(-1, 4)).reshape(d.shape)
+
+      delta = jax.tree.map(learned, delta, g_task, g_track, m, v)
+      new["moments"] = (m, v)
+    new["params"] = jax.tree.map(jnp.add, params, delta)
+    return new
+
+  def observe(self, meta, state, x, y, a):
+    new = state
+    for _ in range(self.inner_steps):
+      new = self._step(meta, new, x, y, a)
+    new = dict(new, step=state["step"] + 1)
+    if self.freeze_after:
+      learning = state["step"] < self.freeze_after
+      new = jax.tree.map(lambda n, o: jnp.where(learning, n, o), new,
+                         dict(state, step=state["step"] + 1))
+    return new

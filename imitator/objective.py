@@ -1,0 +1,82 @@
+"""The imitation objective: unroll an imitator beside its teachers, truncated in windows.
+
+`loss_and_grads` unrolls a batch of teachers' streams window by window (`window` steps;
+0 is the whole horizon). Gradients flow within a window and through the imitator's
+initial state in the first one; the state carried into later windows is a constant
+(truncated backpropagation), so memory is bounded by the window, not the horizon.
+The loss is the mean over teachers and steps of D(a_t, a_hat_t) (`imitator.metrics`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from imitator import metrics
+
+
+def _unroll_batch(imitator, meta, states, xs, ys, as_):
+  return jax.vmap(imitator.unroll, in_axes=(None, 0, 0, 0, 0))(meta, states, xs, ys, as_)
+
+
+def init_states(imitator, meta, keys):
+  return jax.vmap(imitator.init, in_axes=(None, 0))(meta, keys)
+
+
+def _windows(a, window):
+  """[P, n * window, ...] -> [n, P, window, ...]."""
+  n = a.shape[1] // window
+  return jnp.swapaxes(a.reshape((a.shape[0], n, window) + a.shape[2:]), 0, 1)
+
+
+def unroll(imitator, meta, keys, xs, ys, as_, window: int = 0):
+  """a_hat [P, T, B, out] for teachers' streams xs [P, T, B, ...], run `window` steps at
+  a time (0: all at once) so that long horizons need memory for one window only."""
+  horizon = xs.shape[1]
+  window = window or horizon
+  if horizon % window:
+    raise ValueError(f"window={window} must divide the horizon {horizon}.")
+  states = init_states(imitator, meta, keys)
+  if window == horizon:
+    return _unroll_batch(imitator, meta, states, xs, ys, as_)[1]
+
+  def body(states, w):
+    return _unroll_batch(imitator, meta, states, *w)
+
+  _, a_hat = jax.lax.scan(body, states, (_windows(xs, window), _windows(ys, window),
+                                         _windows(as_, window)))
+  a_hat = jnp.swapaxes(a_hat, 0, 1)
+  return a_hat.reshape((a_hat.shape[0], horizon) + a_hat.shape[3:])
+
+
+def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
+  """(mean imitation loss, its gradient w.r.t. meta) over P teachers [P, T, ...]."""
+  horizon = xs.shape[1]
+  window = window or horizon
+  if horizon % window:
+    raise ValueError(f"train.truncation={window} must divide the horizon {horizon}.")
+  n = horizon // window
+
+  def window_loss(meta, states, xw, yw, aw):
+    states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw)
+    return metrics.step_error(imitator.task, aw, a_hat).mean(), states
+
+  def first(meta):
+    return window_loss(meta, init_states(imitator, meta, keys), xs[:, :window],
+                       ys[:, :window], as_[:, :window])
+
+  (loss, states), grads = jax.value_and_grad(first, has_aux=True)(meta)
+  if n == 1:
+    return loss, grads
+
+  windows = lambda a: _windows(a[:, window:], window)
+
+  def body(carry, w):
+    states, loss_sum, grad_sum = carry
+    (l, states), g = jax.value_and_grad(window_loss, has_aux=True)(
+        meta, jax.lax.stop_gradient(states), *w)
+    return (states, loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), None
+
+  (_, loss, grads), _ = jax.lax.scan(body, (states, loss, grads),
+                                     (windows(xs), windows(ys), windows(as_)))
+  return loss / n, jax.tree.map(lambda g: g / n, grads)

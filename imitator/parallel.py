@@ -1,0 +1,26 @@
+"""Devices: the `data` mesh the teacher batch is sharded over, and multi-host start-up.
+
+Meta-params are replicated; every per-teacher array (keys, streams, trajectories, imitator
+states) is sharded along its leading axis over the `data` axis, so XLA runs each
+device's teachers locally and all-reduces the meta-gradient.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+_initialized = False
+
+
+def initialize_distributed(enabled: bool) -> None:
+  """`jax.distributed.initialize()` once, for multi-host runs (TPU pods, multi-GPU hosts);
+  the coordinator and process ids come from the environment (see BUILD_NOTES.md)."""
+  global _initialized
+  if enabled and not _initialized:
+    jax.distributed.initialize()
+    _initialized = True
+
+
+def data_mesh() -> Mesh:
+  """A 1-d mesh named 'data' over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), ("data",))

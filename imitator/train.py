@@ -1,0 +1,261 @@
+"""The outer imitation loop: `train_and_evaluate(config, workdir)`.
+
+Every outer step samples fresh teachers and streams inside one jitted function, rolls
+the teachers out, unrolls the imitator and the baselines beside them (predict, then
+observe), and updates all their meta-params with optax on the imitation loss. A step
+whose loss or meta-gradient is not finite leaves the meta-params unchanged and is
+counted. Metrics stay on device until a log step. Validation teachers come from a fixed
+seed (`config.eval.seed`) disjoint from the training key stream; the best validation NIE
+is kept as the `best/` checkpoint, which is evaluated on held-out teachers at the end
+(`eval/report.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec
+
+from imitator import checkpoint, episodes, evaluate, kinds, metrics, objective
+from imitator import parallel
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  meta: Any  # {'imitator' | 'frozen' | 'context_only': meta-params}
+  opt_state: Any
+  key: jax.Array  # root key data (uint32)
+  lr_scale: jax.Array  # multiplies every update; lowered after non-finite streaks
+  bad_streak: jax.Array  # consecutive steps where some imitator's update was skipped
+  bad_total: jax.Array
+  sums: Any  # metrics summed since the last log step
+  count: jax.Array
+
+
+def optimizer(train_cfg) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_cfg.learning_rate,
+      warmup_steps=min(train_cfg.warmup_steps, max(train_cfg.steps - 1, 1)),
+      decay_steps=max(train_cfg.steps, 2), end_value=train_cfg.learning_rate * 0.1)
+  return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip),
+                     optax.adam(schedule))
+
+
+def curriculum(train_cfg, horizon: int) -> list[tuple[int, int]]:
+  """[(horizon, until_step)] from 'H1@S1,H2@S2' (then the full horizon to the end)."""
+  stages = []
+  for part in filter(None, (p.strip() for p in train_cfg.curriculum.split(","))):
+    try:
+      h, s = (int(v) for v in part.split("@"))
+    except ValueError:
+      raise ValueError(f"train.curriculum part {part!r} must be HORIZON@UNTIL_STEP, "
+                       "e.g. '32@200,64@400'.") from None
+    if not 0 < h <= horizon:
+      raise ValueError(f"train.curriculum horizon {h} must be in 1..{horizon}.")
+    stages.append((h, s))
+  return stages + [(horizon, train_cfg.steps)]
+
+
+class Experiment:
+  """Everything static a run needs, built from the config."""
+
+  def __init__(self, config):
+    self.config = config
+    self.setting, self.data = episodes.setting_from_config(config)
+    self.imitators = kinds.build(config, self.setting)
+    self.tx = optimizer(config.train)
+    self.mesh = parallel.data_mesh()
+    n = config.train.teachers
+    if n % self.mesh.size:
+      raise ValueError(f"train.teachers={n} must be a multiple of the {self.mesh.size} "
+                       "devices the teachers are sharded over.")
+
+  def init_state(self) -> TrainState:
+    key = jax.random.key(self.config.seed)
+    meta = {name: im.init_meta(jax.random.fold_in(jax.random.fold_in(key, 1), i))
+            for i, (name, im) in enumerate(self.imitators.items())}
+    zeros = {k: jnp.zeros((), jnp.float32) for k in self.metric_names()}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), meta=meta,
+        opt_state={name: self.tx.init(m) for name, m in meta.items()},
+        key=jax.random.key_data(key), lr_scale=jnp.ones((), jnp.float32),
+        bad_streak=jnp.zeros((), jnp.int32), bad_total=jnp.zeros((), jnp.int32),
+        sums=zeros, count=jnp.zeros((), jnp.int32))
+
+  def metric_names(self):
+    return [f"{m}/{n}" for m in ("loss", "grad_norm") for n in self.imitators]
+
+  def train_step_fn(self, horizon: int):
+    """The jitted outer step at a curriculum horizon."""
+    setting = self.setting.with_horizon(horizon)
+    window = min(self.config.train.truncation or horizon, horizon)
+    n = self.config.train.teachers
+    sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+
+    def step(ts: TrainState):
+      key = jax.random.fold_in(jax.random.wrap_key_data(ts.key), ts.step)
+      k_ep, k_im = jax.random.split(key)
+      ep = episodes.sample(setting, self.data, k_ep, n, sharding=sharding)
+      im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
+      losses, grads = {}, {}
+      for name, im in self.imitators.items():
+        losses[name], grads[name] = objective.loss_and_grads(
+            im, ts.meta[name], im_keys, ep.x, ep.y, ep.behaviour, window)
+      # Each imitator has its own optimizer and guard: a non-finite loss or gradient
+      # leaves that imitator's meta-params and optimizer state as they were.
+      meta, opt_state, values, oks = {}, {}, {}, []
+      for name in self.imitators:
+        norm = optax.global_norm(grads[name])
+        ok = jnp.isfinite(losses[name]) & jnp.isfinite(norm)
+        g = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads[name])
+        updates, new_opt = self.tx.update(g, ts.opt_state[name], ts.meta[name])
+        new_meta = optax.apply_updates(
+            ts.meta[name], jax.tree.map(lambda u: ts.lr_scale * u, updates))
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        meta[name] = keep(new_meta, ts.meta[name])
+        opt_state[name] = keep(new_opt, ts.opt_state[name])
+        values[f"loss/{name}"] = jnp.where(ok, losses[name], 0.0)
+        values[f"grad_norm/{name}"] = jnp.where(ok, norm, 0.0)
+        oks.append(ok)
+      ok = jnp.all(jnp.stack(oks))
+      return ts._replace(
+          step=ts.step + 1, meta=meta, opt_state=opt_state,
+          bad_streak=jnp.where(ok, 0, ts.bad_streak + 1),
+          bad_total=ts.bad_total + (~ok).astype(jnp.int32),
+          sums={k: ts.sums[k] + values[k] for k in ts.sums},
+          count=ts.count + 1)
+
+    return jax.jit(step, donate_argnums=0)
+
+  def validation_fn(self):
+    """Jitted: meta -> ({name: err [P, T]}, chance [P, T]) on the fixed validation set."""
+    cfg = self.config.eval
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
+    val = jax.jit(lambda k: episodes.sample(self.setting, self.data, k, cfg.val_teachers,
+                                            chance=True))(key)
+    return evaluate.errors_fn(self.imitators, self.setting, val, cfg.window)
+
+
+def _nie_by_name(errs, chance) -> dict:
+  chance = np.asarray(chance)
+  return {name: metrics.nie(np.asarray(e), chance) for name, e in errs.items()}
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop polls (no work inside the handler)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
+def _trim_metrics(path: str, last_step: int):
+  """Drops lines logged after `last_step` (a resumed run writes them again)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
+  with open(path, "w") as f:
+    f.writelines(lines)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Meta-trains the configured imitator and baselines; returns the final report."""
+  exp = Experiment(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  tcfg = config.train
+  ckpt = checkpoint.Checkpoints(workdir, keep=tcfg.keep_checkpoints)
+  ts = exp.init_state()
+  restored, info = ckpt.restore(ts)
+  best_nie = float("inf")
+  if restored is not None:
+    ts = restored
+    best_nie = info.get("best_val_nie", best_nie)
+    logging.info("resumed from step %d in %s", int(ts.step), workdir)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start = int(ts.step)
+  _trim_metrics(metrics_path, start)
+
+  validate = exp.validation_fn()
+  stages = curriculum(tcfg, exp.setting.t)
+  step_fns = {}
+  started, t_last, s_last = time.time(), time.time(), start
+  status = "finished"
+  with _Preemption() as preempt, open(metrics_path, "a") as log_file:
+    step = start
+    while step < tcfg.steps:
+      horizon = next(h for h, until in stages if step < until)
+      if horizon not in step_fns:
+        step_fns[horizon] = exp.train_step_fn(horizon)
+      ts = step_fns[horizon](ts)
+      step += 1
+      last = step == tcfg.steps
+      if step % tcfg.log_every == 0 or last or preempt.requested:
+        sums, count = jax.device_get((ts.sums, ts.count))
+        record = {"step": step, "horizon": horizon}
+        record.update({k: float(v) / max(int(count), 1) for k, v in sums.items()})
+        record["nonfinite_steps"] = int(ts.bad_total)
+        val_nie = None
+        if step % tcfg.eval_every == 0 or last:
+          nie = _nie_by_name(*validate(ts.meta))
+          record.update({f"val_nie/{k}": v for k, v in nie.items()})
+          val_nie = nie["imitator"]
+          best_nie = min(best_nie, val_nie)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        now = time.time()
+        rate = (step - s_last) / max(now - t_last, 1e-9)
+        t_last, s_last = now, step
+        logging.info(
+            "step %d/%d | %s | %.2f steps/s | %s left", step, tcfg.steps,
+            " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"), rate,
+            _duration((tcfg.steps - step) / max(rate, 1e-9)))
+        ts = ts._replace(sums=jax.tree.map(jnp.zeros_like, ts.sums),
+                         count=jnp.zeros_like(ts.count))
+        if val_nie is not None or step % tcfg.checkpoint_every == 0 or last or \
+            preempt.requested:
+          info = {"step": step, "metrics": record, "best_val_nie": best_nie}
+          ckpt.save(step, ts, info, val_nie=val_nie, force=True)
+      elif step % tcfg.checkpoint_every == 0:
+        ckpt.save(step, ts, {"step": step, "best_val_nie": best_nie}, force=True)
+      if preempt.requested:
+        status = "preempted"
+        logging.warning("stop requested: checkpoint written at step %d in %s; run the "
+                        "same command again to resume", step, workdir)
+        break
+  ckpt.wait()
+  ckpt.close()
+  if status == "preempted":
+    return {"status": status, "step": step}
+  logging.info("training took %s; evaluating the best checkpoint", _duration(
+      time.time() - started))
+  report = evaluate.final_report(exp, workdir)
+  return {"status": status, "step": step, "report": report}
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,79 @@
+"""The main job: meta-train a `gradient` imitator of online linear learners (SGD from
+near-zero weights, each with its own hidden step size and weight decay) that keep
+learning on a linear-regression stream whose task switches every 32 steps.
+
+    python -m launch.train                                  # this config, fresh runs/ dir
+    python -m launch.train --config=launch/configs/default.py --workdir=runs/default
+    python -m launch.train --config=launch/configs/default.py:smoke --workdir=/tmp/smoke
+
+`:smoke` shrinks everything to seconds (tests). Every field can be overridden, e.g.
+`--config.train.steps=2000 --config.family.name=optimizers_mlp`.
+"""
+
+from ml_collections import config_dict
+
+from learners import config as learner_config
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  config = config_dict.ConfigDict()
+  config.seed = 0
+
+  # Where teachers come from: stream, family (a preset plus overrides), fixed fields.
+  config.stream = learner_config.stream_config(
+      kind="linear_regression", dim=8, horizon=128, batch=1, task_switch_every=32,
+      noise=0.1)
+  config.family = learner_config.family_config("sgd_linear")
+  config.teacher = learner_config.teacher_config()
+
+  # The imitator: `kind` picks one block.
+  config.imitator = config_dict.ConfigDict()
+  config.imitator.kind = "gradient"
+  config.imitator.gradient = dict(
+      network=config_dict.placeholder(str),  # None: the family's network and sizes
+      width=config_dict.placeholder(int), depth=config_dict.placeholder(int),
+      activation=config_dict.placeholder(str),
+      step_size="per_parameter", inner_steps=1, init_lr=0.05, init_track=0.5,
+      adapt_steps=True, init_hyper_step=0.1, update_net=False, update_net_width=16)
+  config.imitator.in_context = dict(
+      arch="transformer", d_model=64, n_heads=4, n_layers=2, mlp_ratio=2,
+      context=config_dict.placeholder(int),  # None: the training horizon
+      d_key=32, d_value=16, hidden=64)
+  config.imitator.system_id = dict(mode="both", encoder_hidden=32, max_particles=64,
+                                   init_track=0.5, init_refine=0.1)
+
+  # Baselines trained beside the imitator on the same teachers.
+  config.baselines = dict(
+      network=config_dict.placeholder(str), width=config_dict.placeholder(int),
+      depth=config_dict.placeholder(int), activation=config_dict.placeholder(str),
+      freeze_after=16, init_track=0.5)
+
+  config.train = dict(
+      steps=1000, teachers=32, learning_rate=3e-3, warmup_steps=50, grad_clip=1.0,
+      truncation=0,  # window of truncated backpropagation in steps; 0 = whole horizon
+      remat=False, curriculum="",  # e.g. "32@200,64@400": horizon 32 until step 200, ...
+      log_every=50, eval_every=200, checkpoint_every=200, keep_checkpoints=3,
+      distributed=False)
+
+  config.eval = dict(seed=10_000, val_teachers=64, teachers=128,
+                     window=0)  # evaluation unroll window in steps; 0 = whole horizon
+
+  if arg == "smoke":
+    shrink_to_smoke(config)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; allowed: 'smoke'.")
+  return config
+
+
+def shrink_to_smoke(config: config_dict.ConfigDict) -> None:
+  """Seconds-long version of a config, for tests."""
+  config.stream.horizon = 32
+  config.stream.task_switch_every = 16
+  config.train.steps = 40
+  config.train.teachers = 8
+  config.train.log_every = 10
+  config.train.eval_every = 20
+  config.train.checkpoint_every = 20
+  config.train.warmup_steps = 5
+  config.eval.val_teachers = 16
+  config.eval.teachers = 16

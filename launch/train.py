@@ -1,0 +1,46 @@
+"""Meta-trains an imitator: `python -m launch.train [--config=FILE[:arg]] [--workdir=DIR]`.
+
+With no flags it runs `launch/configs/default.py` into a fresh directory under runs/.
+A run restarted on the same workdir resumes; SIGTERM/SIGINT checkpoint and exit 0.
+"""
+
+import datetime
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from imitator import parallel, train
+from launch import logs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
+    "Config file (ml_collections), optionally FILE:arg.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Run directory (default: a fresh one under runs/).")
+
+
+def main(argv):
+  del argv
+  logs.setup()
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join(
+      "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+  parallel.initialize_distributed(config.train.distributed)
+  logging.info("workdir: %s", os.path.abspath(workdir))
+  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+  result = train.train_and_evaluate(config, workdir)
+  if result["status"] == "preempted":
+    print(f"stopped at step {result['step']}; checkpoint in {workdir}; run the same "
+          "command again to resume", flush=True)
+    return
+  for r in result["report"]["results"]:
+    lo, hi = r["nie_ci"]
+    print(f"{r['imitator']:>28s}  NIE {r['nie']:.4f}  [{lo:.4f}, {hi:.4f}]  "
+          f"({r['n_teachers']} held-out teachers, horizon {r['horizon']})", flush=True)
+  print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
+        flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
