@@ -8,11 +8,12 @@ meta-params `meta` (a pytree of arrays, what the outer loop trains) and a fast `
     init(meta, key) -> state
     predict(meta, state, x [n, ...]) -> a_hat [n, out]     (probabilities for classification)
     observe(meta, state, x [B, ...], y, a [B, out]) -> state
-    unroll(meta, state, xs [L, B, ...], ys, as_) -> (state, a_hat [L, B, out])
+    unroll(meta, state, xs [L, B, ...], ys, as_, fresh) -> (state, a_hat [L, B, out])
 
 An imitator sees only x, y and the teacher's behaviour a: never hyperparams or weights.
 `unroll` predicts each step before observing it; the default is a `lax.scan`, which
-sequence models override with a parallel form that must agree with it.
+sequence models override with a parallel form that must agree with it. `fresh=True`
+promises that `state` is straight from `init` (a model may skip empty memory).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class Imitator:
   def observe(self, meta, state, x, y, a):
     raise NotImplementedError
 
-  def unroll(self, meta, state, xs, ys, as_):
+  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False):
+    del fresh
     def step(state, inputs):
       x, y, a = inputs
       a_hat = self.predict(meta, state, x)

@@ -44,9 +44,9 @@ def setting_from_config(config) -> tuple[Setting, Any]:
   task, x_shape, out_dim = streams.signature(spec, data)
   family = family_lib.from_config(config.family, task, x_shape, out_dim)
   overrides = learner_config.teacher_overrides(config.teacher) if "teacher" in config else {}
-  checked = family.with_overrides(family.sample(jax.random.key(0), 1), overrides)
-  teacher = tuple((f, checked[f][0].item()) for f in overrides)
-  return Setting(spec=spec, family=family, teacher=teacher), data
+  fixed = family.codes(overrides)
+  family.validate(family.sample(jax.random.key(0), 1, fixed=fixed))
+  return Setting(spec=spec, family=family, teacher=tuple(sorted(fixed.items()))), data
 
 
 class Episodes(NamedTuple):
@@ -65,9 +65,7 @@ class Episodes(NamedTuple):
 def teachers(setting: Setting, key, n: int):
   """n teachers' hyperparams {field: [n]} and init keys [n]."""
   k_h, k_init = jax.random.split(key)
-  hp = setting.family.sample(k_h, n)
-  for field, value in setting.teacher:
-    hp[field] = jnp.full_like(hp[field], value)
+  hp = setting.family.sample(k_h, n, fixed=dict(setting.teacher))
   return hp, jax.random.split(k_init, n)
 
 

@@ -21,6 +21,7 @@ predict/observe (tests check both agree).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -229,9 +230,10 @@ class InContextImitator(Imitator):
 
   # ----------------------------------------------------------------- transformers
 
-  def _layers(self, net, state, h_e, e_steps, h_q, q_steps):
+  def _layers(self, net, state, h_e, e_steps, h_q, q_steps, fresh=False):
     """Runs all blocks. h_e [M, D] are observation tokens at e_steps [M] (may be empty),
-    h_q [N, D] queries. Returns (h_q, per-layer (k, v) of the observation tokens)."""
+    h_q [N, D] queries; `fresh`: the cache is empty and is skipped. Returns (h_q,
+    per-layer (k, v) of the observation tokens)."""
     linear = self.arch == "linear_transformer"
     new_kv = []
     for l, block in enumerate(net.blocks):
@@ -243,6 +245,8 @@ class InContextImitator(Imitator):
       if linear:
         out = block.attn(both, steps, k_new, v_new, e_steps, state["memory"][l],
                          state["t"] - 1)
+      elif fresh:
+        out = block.attn(both, steps, k_new, v_new, e_steps, self.context)
       else:
         k = jnp.concatenate([state["k"][l], k_new], 0)
         v = jnp.concatenate([state["v"][l], v_new], 0)
@@ -268,7 +272,7 @@ class InContextImitator(Imitator):
     steps = jnp.concatenate([state["steps"], e_steps], 0)[-n:]
     return dict(state, k=k, v=v, steps=steps, t=last_step + 1)
 
-  def _window(self, meta, state, xs, ys, as_):
+  def _window(self, meta, state, xs, ys, as_, fresh=False):
     """Parallel pass over L steps: (state after them, a_hat [L, B, out])."""
     net = self._net(meta)
     L, B = xs.shape[:2]
@@ -276,7 +280,7 @@ class InContextImitator(Imitator):
     steps = state["t"] + jnp.repeat(jnp.arange(L, dtype=jnp.int32), B)
     h_e = net.embed(self._tokens(flat(xs), flat(ys), flat(as_)))
     h_q = net.embed(self._tokens(flat(xs)))
-    h_q, new_kv = self._layers(net, state, h_e, steps, h_q, steps)
+    h_q, new_kv = self._layers(net, state, h_e, steps, h_q, steps, fresh)
     out = net.readout(net.ln(h_q))
     new_state = self._advance(net, state, new_kv, steps, state["t"] + L - 1)
     return new_state, self.behaviour(out).reshape(L, B, self.out_dim)
@@ -329,8 +333,10 @@ class InContextImitator(Imitator):
       return self._recurrent_observe(meta, state, x, y, a)
     return self._window(meta, state, x[None], y[None], a[None])[0]
 
-  def unroll(self, meta, state, xs, ys, as_):
+  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False):
     if self.arch == "recurrent":
       return super().unroll(meta, state, xs, ys, as_)
-    fn = jax.checkpoint(self._window) if self.remat else self._window
+    fn = functools.partial(self._window, fresh=fresh)
+    if self.remat:
+      fn = jax.checkpoint(fn)
     return fn(meta, state, xs, ys, as_)

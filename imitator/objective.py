@@ -15,8 +15,9 @@ import jax.numpy as jnp
 from imitator import metrics
 
 
-def _unroll_batch(imitator, meta, states, xs, ys, as_):
-  return jax.vmap(imitator.unroll, in_axes=(None, 0, 0, 0, 0))(meta, states, xs, ys, as_)
+def _unroll_batch(imitator, meta, states, xs, ys, as_, fresh=False):
+  fn = lambda m, s, x, y, a: imitator.unroll(m, s, x, y, a, fresh=fresh)
+  return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))(meta, states, xs, ys, as_)
 
 
 def init_states(imitator, meta, keys):
@@ -36,17 +37,19 @@ def unroll(imitator, meta, keys, xs, ys, as_, window: int = 0):
   window = window or horizon
   if horizon % window:
     raise ValueError(f"window={window} must divide the horizon {horizon}.")
-  states = init_states(imitator, meta, keys)
+  states, first = _unroll_batch(imitator, meta, init_states(imitator, meta, keys),
+                                xs[:, :window], ys[:, :window], as_[:, :window], fresh=True)
   if window == horizon:
-    return _unroll_batch(imitator, meta, states, xs, ys, as_)[1]
+    return first
 
   def body(states, w):
     return _unroll_batch(imitator, meta, states, *w)
 
-  _, a_hat = jax.lax.scan(body, states, (_windows(xs, window), _windows(ys, window),
-                                         _windows(as_, window)))
+  rest = lambda a: _windows(a[:, window:], window)
+  _, a_hat = jax.lax.scan(body, states, (rest(xs), rest(ys), rest(as_)))
   a_hat = jnp.swapaxes(a_hat, 0, 1)
-  return a_hat.reshape((a_hat.shape[0], horizon) + a_hat.shape[3:])
+  a_hat = a_hat.reshape((a_hat.shape[0], horizon - window) + a_hat.shape[3:])
+  return jnp.concatenate([first, a_hat], axis=1)
 
 
 def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
@@ -57,13 +60,13 @@ def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
     raise ValueError(f"train.truncation={window} must divide the horizon {horizon}.")
   n = horizon // window
 
-  def window_loss(meta, states, xw, yw, aw):
-    states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw)
+  def window_loss(meta, states, xw, yw, aw, fresh=False):
+    states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw, fresh)
     return metrics.step_error(imitator.task, aw, a_hat).mean(), states
 
   def first(meta):
     return window_loss(meta, init_states(imitator, meta, keys), xs[:, :window],
-                       ys[:, :window], as_[:, :window])
+                       ys[:, :window], as_[:, :window], fresh=True)
 
   (loss, states), grads = jax.value_and_grad(first, has_aux=True)(meta)
   if n == 1:

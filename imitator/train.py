@@ -13,6 +13,7 @@ is kept as the `best/` checkpoint, which is evaluated on held-out teachers at th
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -114,7 +115,7 @@ class Experiment:
       # leaves that imitator's meta-params and optimizer state as they were.
       meta, opt_state, values, oks = {}, {}, {}, []
       for name in self.imitators:
-        norm = optax.global_norm(grads[name])
+        norm = optax.tree.norm(grads[name])
         ok = jnp.isfinite(losses[name]) & jnp.isfinite(norm)
         g = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads[name])
         updates, new_opt = self.tx.update(g, ts.opt_state[name], ts.meta[name])
@@ -134,7 +135,13 @@ class Experiment:
           sums={k: ts.sums[k] + values[k] for k in ts.sums},
           count=ts.count + 1)
 
-    return jax.jit(step, donate_argnums=0)
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    return jax.jit(step, out_shardings=replicated, donate_argnums=0)
+
+  def place(self, ts: TrainState) -> TrainState:
+    """The train state replicated over the mesh, as the step returns it (so the step is
+    traced once, not again on its second call)."""
+    return jax.device_put(ts, NamedSharding(self.mesh, PartitionSpec()))
 
   def validation_fn(self):
     """Jitted: meta -> ({name: err [P, T]}, chance [P, T]) on the fixed validation set."""
@@ -143,6 +150,20 @@ class Experiment:
     val = jax.jit(lambda k: episodes.sample(self.setting, self.data, k, cfg.val_teachers,
                                             chance=True))(key)
     return evaluate.errors_fn(self.imitators, self.setting, val, cfg.window)
+
+
+def _log_record(ts, step, horizon, tcfg, last, validate):
+  """The metrics.jsonl record of a log step (means since the previous one), and the
+  validation NIE of the imitator when this is an evaluation step."""
+  sums, count = jax.device_get((ts.sums, ts.count))
+  record = {"step": step, "horizon": horizon}
+  record.update({k: float(v) / max(int(count), 1) for k, v in sums.items()})
+  record["nonfinite_steps"] = int(ts.bad_total)
+  if step % tcfg.eval_every and not last:
+    return record, None
+  nie = _nie_by_name(*validate(ts.meta))
+  record.update({f"val_nie/{k}": v for k, v in nie.items()})
+  return record, nie["imitator"]
 
 
 def _nie_by_name(errs, chance) -> dict:
@@ -180,8 +201,11 @@ def _trim_metrics(path: str, last_step: int):
     f.writelines(lines)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Meta-trains the configured imitator and baselines; returns the final report."""
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
+  """Meta-trains the configured imitator and baselines; returns the final report.
+
+  `stop_at_step` stops early as a preemption would (checkpoint, no evaluation); the
+  same call without it resumes to `config.train.steps`."""
   exp = Experiment(config)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -193,8 +217,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_nie = float("inf")
   if restored is not None:
     ts = restored
-    best_nie = info.get("best_val_nie", best_nie)
+    best_nie = info.get("best_val_nie") or best_nie
     logging.info("resumed from step %d in %s", int(ts.step), workdir)
+  ts = exp.place(ts)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(ts.step)
   _trim_metrics(metrics_path, start)
@@ -213,16 +238,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ts = step_fns[horizon](ts)
       step += 1
       last = step == tcfg.steps
-      if step % tcfg.log_every == 0 or last or preempt.requested:
-        sums, count = jax.device_get((ts.sums, ts.count))
-        record = {"step": step, "horizon": horizon}
-        record.update({k: float(v) / max(int(count), 1) for k, v in sums.items()})
-        record["nonfinite_steps"] = int(ts.bad_total)
-        val_nie = None
-        if step % tcfg.eval_every == 0 or last:
-          nie = _nie_by_name(*validate(ts.meta))
-          record.update({f"val_nie/{k}": v for k, v in nie.items()})
-          val_nie = nie["imitator"]
+      stopping = preempt.requested or step == stop_at_step
+      record, val_nie = None, None
+      if step % tcfg.log_every == 0 or last:
+        record, val_nie = _log_record(ts, step, horizon, tcfg, last, validate)
+        if val_nie is not None:
           best_nie = min(best_nie, val_nie)
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
@@ -233,18 +253,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "step %d/%d | %s | %.2f steps/s | %s left", step, tcfg.steps,
             " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step"), rate,
             _duration((tcfg.steps - step) / max(rate, 1e-9)))
-        ts = ts._replace(sums=jax.tree.map(jnp.zeros_like, ts.sums),
-                         count=jnp.zeros_like(ts.count))
-        if val_nie is not None or step % tcfg.checkpoint_every == 0 or last or \
-            preempt.requested:
-          info = {"step": step, "metrics": record, "best_val_nie": best_nie}
-          ckpt.save(step, ts, info, val_nie=val_nie, force=True)
-      elif step % tcfg.checkpoint_every == 0:
-        ckpt.save(step, ts, {"step": step, "best_val_nie": best_nie}, force=True)
-      if preempt.requested:
+        ts = exp.place(ts._replace(sums=jax.tree.map(jnp.zeros_like, ts.sums),
+                                   count=jnp.zeros_like(ts.count)))
+      if val_nie is not None or step % tcfg.checkpoint_every == 0 or last or stopping:
+        info = {"step": step, "metrics": record,
+                "best_val_nie": best_nie if math.isfinite(best_nie) else None}
+        ckpt.save(step, ts, info, val_nie=val_nie, force=True)
+      if stopping:
         status = "preempted"
-        logging.warning("stop requested: checkpoint written at step %d in %s; run the "
-                        "same command again to resume", step, workdir)
+        logging.warning("stopped: checkpoint written at step %d in %s; run the same "
+                        "command again to resume", step, workdir)
         break
   ckpt.wait()
   ckpt.close()

@@ -7,11 +7,11 @@ A run restarted on the same workdir resumes; SIGTERM/SIGINT checkpoint and exit 
 import datetime
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from imitator import parallel, train
-from launch import logs
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
@@ -22,7 +22,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
 
 def main(argv):
   del argv
-  logs.setup()
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -43,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

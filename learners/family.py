@@ -227,8 +227,11 @@ class Family:
 
   # ------------------------------------------------------------------- sampling
 
-  def sample(self, key, n: int) -> dict[str, jax.Array]:
-    """n members' hyperparams {field: [n]}; jittable (n static)."""
+  def sample(self, key, n: int, fixed: Mapping[str, Any] | None = None):
+    """n members' hyperparams {field: [n]}; jittable (n static). `fixed` {field: value}
+    (codes for choices) replaces draws, and the learning rate is drawn from the range of
+    a fixed optimizer."""
+    fixed = dict(fixed or {})
     keys = dict(zip(FIELDS, jax.random.split(key, len(FIELDS))))
     hp = {}
     for field, support in (("network", self.networks), ("activation", self.activations),
@@ -237,6 +240,9 @@ class Family:
       hp[field] = codes[jax.random.randint(keys[field], (n,), 0, len(support))]
     hp["inner_steps"] = jax.random.randint(
         keys["inner_steps"], (n,), 1, self.max_inner_steps + 1).astype(jnp.int32)
+    for field in DISCRETE:
+      if field in fixed:
+        hp[field] = jnp.full((n,), fixed[field], jnp.int32)
     lows, highs = (jnp.asarray([math.log(self.learning_rate_range(o)[i])
                                 for o in optimizers.OPTIMIZERS]) for i in (0, 1))
     u = jax.random.uniform(keys["learning_rate"], (n,))
@@ -249,6 +255,9 @@ class Family:
       # One switch turns both parts on: a member shrinks and perturbs, or does neither.
       always_on = dataclasses.replace(self.prior("perturb"), p_off=0.0)
       hp["perturb"] = jnp.where(hp["shrink"] > 0, always_on.sample(keys["perturb"], n), 0.0)
+    for field in CONTINUOUS:
+      if field in fixed:
+        hp[field] = jnp.full((n,), fixed[field], jnp.float32)
     return {f: hp[f] for f in FIELDS}
 
   # ------------------------------------------------------------------- unconstrained
@@ -331,7 +340,8 @@ class Family:
                          f"codes are 0..{len(names) - 1} for {list(names)}.")
       if names[int(code)] not in support:
         raise ValueError(f"hyperparam {field}={names[int(code)]!r} is outside {where}: "
-                         f"allowed {list(support)}.")
+                         f"allowed {list(support)} (widen it with "
+                         f"--config.family.{field}s or pick another family.name).")
     steps = hp["inner_steps"]
     if steps != int(steps) or not 1 <= steps <= self.max_inner_steps:
       raise ValueError(f"hyperparam inner_steps={steps!r} is outside {where}: allowed "
@@ -350,9 +360,9 @@ class Family:
         raise ValueError(f"hyperparam {field}={value!r} is outside {where}: "
                          f"allowed {prior.text()}.")
 
-  def with_overrides(self, hparams, overrides: Mapping[str, Any]):
-    """Sets fields of every member from {field: value}; names are accepted for codes."""
-    out = dict(hparams)
+  def codes(self, overrides: Mapping[str, Any]) -> dict:
+    """{field: value} with choice names turned into codes; unknown names are errors."""
+    out = {}
     for field, value in overrides.items():
       if field not in FIELDS:
         raise ValueError(f"unknown hyperparam {field!r}; fields are {list(FIELDS)}.")
@@ -362,6 +372,14 @@ class Family:
           raise ValueError(f"unknown {field} {value!r}; allowed: {list(names)} "
                            f"(family {self.name!r} supports {list(getattr(self, field + 's'))}).")
         value = names.index(value)
+      out[field] = value
+    return out
+
+  def with_overrides(self, hparams, overrides: Mapping[str, Any]):
+    """Sets fields of every member from {field: value} (names accepted for choices) and
+    validates the result."""
+    out = dict(hparams)
+    for field, value in self.codes(overrides).items():
       dtype = jnp.int32 if field in DISCRETE else jnp.float32
       out[field] = jnp.full_like(out[field], value, dtype=dtype)
     self.validate(out)
@@ -415,6 +433,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     # Online linear learners start near zero, as LMS does.
     "sgd_linear": dict(networks=("linear",), optimizers=("sgd",),
                        priors=(("init_scale", Prior("uniform", 0.0, 0.1)),)),
+    "optimizers_linear": dict(networks=("linear",), optimizers=optimizers.OPTIMIZERS,
+                              priors=(("init_scale", Prior("uniform", 0.0, 0.1)),)),
     "sgd_mlp": dict(networks=("mlp",), activations=("tanh",), optimizers=("sgd",)),
     "adam_mlp": dict(networks=("mlp",), activations=("tanh", "relu"), optimizers=("adam",)),
     "optimizers_mlp": dict(networks=("mlp",), activations=("tanh",),

@@ -14,6 +14,9 @@ from learners import dispatch
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 EPS = 1e-8  # adam and rmsprop denominators (optax's default)
+# Inside adam's square root: keeps gradients through the update finite where the second
+# moment is 0 (optax's advice for meta-gradients through Adam); rmsprop has eps there.
+EPS_ROOT = 1e-16
 
 
 def _make(name):
@@ -23,7 +26,7 @@ def _make(name):
     elif name == "momentum":
       base = optax.sgd(learning_rate, momentum=momentum)
     elif name == "adam":
-      base = optax.adam(learning_rate, b1=momentum, b2=beta2, eps=EPS)
+      base = optax.adam(learning_rate, b1=momentum, b2=beta2, eps=EPS, eps_root=EPS_ROOT)
     else:
       base = optax.rmsprop(learning_rate, decay=beta2, eps=EPS)
     # L2 weight decay coupled to the gradient: g + weight_decay * params.

@@ -1,0 +1,32 @@
+"""`in_context` imitator on the main job's teachers (online linear SGD learners on a
+task-switching regression stream). The argument picks the architecture:
+
+    python -m launch.train --config=launch/configs/in_context.py --workdir=runs/ic
+    python -m launch.train --config=launch/configs/in_context.py:transformer --workdir=runs/ict
+    python -m launch.train --config=launch/configs/in_context.py:linear_transformer,smoke \\
+        --workdir=/tmp/icl
+
+`recurrent` (default): delta-rule fast weights + GRU controller, fixed-size state.
+`transformer`: causal softmax attention (ALiBi, sliding window of `context` steps).
+`linear_transformer`: decayed linear self-attention, fixed-size state.
+"""
+
+from launch.configs import default
+
+ARCHS = ("recurrent", "transformer", "linear_transformer")
+
+
+def get_config(arg=None):
+  words = default.parse_arg(arg, ARCHS + ("smoke",))
+  config = default.get_config()
+  config.imitator.kind = "in_context"
+  archs = [w for w in words if w in ARCHS]
+  if len(archs) > 1:
+    raise ValueError(f"pick one architecture, not {sorted(archs)}.")
+  config.imitator.in_context.arch = archs[0] if archs else "recurrent"
+  # Sized for a CPU: attention cost grows with d_model and the horizon.
+  config.imitator.in_context.d_model = 32
+  config.train.steps = 600
+  if "smoke" in words:
+    default.shrink_to_smoke(config)
+  return config

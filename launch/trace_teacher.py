@@ -1,0 +1,94 @@
+"""Dumps one teacher's rollout to an .npz that anyone can check against their own code.
+
+    python -m launch.trace_teacher --config=launch/configs/default.py --out=teacher.npz
+    python -m launch.trace_teacher --config.family.name=optimizers_mlp \\
+        --config.teacher.optimizer=adam --config.teacher.learning_rate=0.01 --out=adam.npz
+    python -m launch.trace_teacher --stream_npz=my_stream.npz --out=teacher.npz
+
+Fields left unset in `config.teacher` are drawn from the family's prior (seed
+`config.seed`, teacher `--index`). The format is documented in README ("Teacher dump").
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import flags
+
+from imitator import episodes
+from learners import learner, rollout, streams
+from launch import cli
+
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
+    "Config file (ml_collections), optionally FILE:arg.", lock_config=False)
+_OUT = flags.DEFINE_string("out", "teacher.npz", "Where to write the dump.")
+_STREAM_NPZ = flags.DEFINE_string(
+    "stream_npz", None, "Replay this stream file (flat npz or a teacher dump) instead of "
+    "config.stream; the horizon is the file's length over config.stream.batch.")
+_INDEX = flags.DEFINE_integer("index", 0, "Which teacher of the seed's sequence.")
+
+FORMAT_VERSION = 1
+
+
+def _flat(prefix, tree):
+  """{'prefix/a/b': array} for a nested dict of arrays."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    out[f"{prefix}/{name}"] = np.asarray(leaf)
+  return out
+
+
+def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
+  """The dump's arrays for one teacher (see README, "Teacher dump")."""
+  if stream_npz:
+    from learners import npz
+    data = npz.load(stream_npz)
+    with config.unlocked():
+      config.stream.kind = "npz"
+      config.stream.npz_path = stream_npz
+      config.stream.horizon = max(data.x.shape[0] // config.stream.batch, 1)
+  setting, data = episodes.setting_from_config(config)
+  key = jax.random.fold_in(jax.random.key(config.seed), index)
+  k_teacher, k_stream = jax.random.split(key)
+  hp, init_keys = episodes.teachers(setting, k_teacher, 1)
+  hp = setting.family.member(hp, 0)
+  setting.family.validate(hp)
+  stream = streams.make_stream(setting.spec, k_stream, data)
+  traj = jax.jit(rollout.rollout, static_argnums=0)(setting.family, hp, init_keys[0],
+                                                    stream)
+  init = learner.init(setting.family, hp, init_keys[0])
+  fam = setting.family
+  description = {
+      "format_version": FORMAT_VERSION, "family": fam.name, "task": fam.task,
+      "x_shape": list(fam.x_shape), "out_dim": fam.out_dim, "width": fam.width,
+      "depth": fam.depth, "networks": list(fam.networks),
+      "activations": list(fam.activations), "optimizers": list(fam.optimizers),
+      "regularizers": list(fam.regularizers), "replay_size": fam.replay_size,
+      "teacher": fam.describe(hp),
+  }
+  out = {"x": stream.x, "y": stream.y, "task_id": stream.task_id,
+         "behaviour": traj.behaviour, "loss": traj.loss}
+  out = {k: np.asarray(v) for k, v in out.items()}
+  out.update(_flat("hparams", hp))
+  out.update(_flat("init_params", init.params))
+  out["description"] = np.asarray(json.dumps(description))
+  return out
+
+
+def main(argv):
+  del argv
+  arrays = trace(_CONFIG.value, _STREAM_NPZ.value, _INDEX.value)
+  with open(_OUT.value, "wb") as f:
+    np.savez(f, **arrays)
+  print(json.loads(str(arrays["description"]))["teacher"])
+  print(f"wrote {len(arrays)} arrays ({arrays['behaviour'].shape[0]} steps) to "
+        f"{os.path.abspath(_OUT.value)}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

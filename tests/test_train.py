@@ -1,0 +1,96 @@
+"""The outer loop: smoke runs beat the baselines, resume is exact, the report holds."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from imitator import checkpoint, episodes, train
+from launch.configs import default, in_context, system_id
+
+
+def _final_meta(exp, workdir):
+  ckpt = checkpoint.Checkpoints(workdir)
+  state, _ = ckpt.restore(exp.init_state())
+  ckpt.close()
+  return state
+
+
+@pytest.mark.parametrize("get_config,arg", [(default.get_config, "smoke"),
+                                            (in_context.get_config, "recurrent,smoke"),
+                                            (system_id.get_config, "smoke")],
+                         ids=["gradient", "in_context", "system_id"])
+def test_smoke_run_beats_both_baselines_on_held_out_teachers(get_config, arg, tmp_path):
+  config = get_config(arg)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  rows = {r["imitator"]: r for r in result["report"]["results"]}
+  main = [r for name, r in rows.items() if name not in ("frozen", "context_only", "oracle")]
+  assert len(main) == 1
+  assert main[0]["nie"] < rows["frozen"]["nie"]
+  assert main[0]["nie"] < rows["context_only"]["nie"]
+  assert rows["oracle"]["nie"] == 0.0
+  with open(tmp_path / "eval" / "report.json") as f:
+    assert json.load(f) == result["report"]
+
+
+def test_report_schema(tmp_path):
+  config = default.get_config("smoke")
+  config.train.steps = 20
+  config.train.log_every = 10
+  report = train.train_and_evaluate(config, str(tmp_path))["report"]
+  assert report["t_train"] == config.stream.horizon
+  assert {r["imitator"] for r in report["results"]} == {
+      "gradient", "frozen", "context_only", "oracle"}
+  for r in report["results"]:
+    assert set(r) >= {"imitator", "shift", "horizon", "nie", "nie_ci", "n_teachers"}
+    assert r["shift"] == "none" and r["horizon"] == config.stream.horizon
+    assert r["n_teachers"] == config.eval.teachers
+    lo, hi = r["nie_ci"]
+    assert lo <= r["nie"] <= hi
+  for name in ("config.json", "metrics.jsonl"):
+    assert (tmp_path / name).exists()
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [10, 20]
+  assert "val_nie/imitator" in lines[-1]
+
+
+def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
+  config = default.get_config("smoke")
+  config.train.steps = 24
+  config.train.log_every = 8
+  config.train.eval_every = 8
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  train.train_and_evaluate(config, straight)
+  first = train.train_and_evaluate(config, split, stop_at_step=12)
+  assert first == {"status": "preempted", "step": 12}
+  train.train_and_evaluate(config, split)
+  exp = train.Experiment(config)
+  a, b = _final_meta(exp, straight), _final_meta(exp, split)
+  assert int(a.step) == int(b.step) == 24
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  with open(os.path.join(straight, "metrics.jsonl")) as f1, \
+      open(os.path.join(split, "metrics.jsonl")) as f2:
+    assert f1.read() == f2.read()
+
+
+def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
+  """Poisoning what an imitator must not see (hyperparams, the teacher's own loss) leaves
+  every imitator's loss and update unchanged: only x, y and a reach it."""
+  config = default.get_config("smoke")
+  exp = train.Experiment(config)
+  clean = exp.train_step_fn(config.stream.horizon)(exp.place(exp.init_state()))
+  real_sample = episodes.sample
+
+  def poisoned(*args, **kwargs):
+    ep = real_sample(*args, **kwargs)
+    nan = lambda t: jax.tree.map(lambda a: a * jax.numpy.nan, t)
+    return ep._replace(hparams=nan(ep.hparams), loss=nan(ep.loss))
+
+  monkeypatch.setattr(episodes, "sample", poisoned)
+  dirty = exp.train_step_fn(config.stream.horizon)(exp.place(exp.init_state()))
+  assert int(dirty.bad_total) == 0
+  for x, y in zip(jax.tree.leaves(clean), jax.tree.leaves(dirty)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
