@@ -1,17 +1,19 @@
 """Checkpoints with orbax: the last N steps under `checkpoints/`, the best under `best/`.
 
-A checkpoint holds the train state (step, meta-params, optimizer state, root key,
-guard counters) as arrays and a JSON item with the config and the metrics of that step.
-Restoring needs an abstract train state of the same structure (built from the config).
+A checkpoint holds the train state (step, meta-params, optimizer state, root key, guard
+counters) as arrays, and a JSON item with the config, the shapes of the state's arrays
+and the metrics of that step. Restoring walks back from the newest step: a checkpoint
+that cannot be read (partly written, corrupted) is skipped with a warning naming its
+step; one whose shapes differ from what the current config builds is an error that
+names the differing config fields.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 def _manager(directory, keep: int, best: bool):
@@ -23,30 +25,102 @@ def _manager(directory, keep: int, best: bool):
                                item_names=("state", "info"))
 
 
+def shapes(tree) -> dict[str, list[int]]:
+  """{path: shape} of every array in a pytree."""
+  return {jax.tree_util.keystr(p): list(getattr(a, "shape", ()))
+          for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _flatten(d: dict, prefix="") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+  """'field: checkpoint X, config Y' for every field whose value differs."""
+  a, b = _flatten(saved or {}), _flatten(current or {})
+  return [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 class Checkpoints:
   """The two managers of a workdir."""
 
   def __init__(self, workdir: str, keep: int = 3):
+    self.workdir = workdir
     self.latest = _manager(os.path.join(workdir, "checkpoints"), keep, best=False)
     self.best = _manager(os.path.join(workdir, "best"), 1, best=True)
 
-  def save(self, step: int, state, info: dict, val_nie: float | None = None, force=False):
+  def save(self, step: int, state, info: dict, val_nie: float | None = None):
+    info = dict(info, shapes=shapes(state))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               info=ocp.args.JsonSave(info))
-    self.latest.save(step, args=args, force=force)
+    self.latest.save(step, args=args, force=True)
     if val_nie is not None:
       self.best.save(step, args=args, metrics={"val_nie": float(val_nie)}, force=True)
 
-  def restore(self, abstract_state, step: int | None = None, best: bool = False):
-    """(state, info) of `step` (default: latest, or the best with best=True)."""
+  def restore(self, abstract_state, step: int | None = None, best: bool = False,
+              config: dict | None = None):
+    """(state, info) of `step`, or of the newest readable checkpoint (the best one with
+    best=True); (None, None) when there is none. `config` (a dict) names the fields
+    that differ when the shapes do not match."""
     mngr = self.best if best else self.latest
-    step = (mngr.best_step() if best else mngr.latest_step()) if step is None else step
-    if step is None:
-      return None, None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), info=ocp.args.JsonRestore()))
-    return out.state, out.info
+    if step is not None:
+      candidates = [step]
+    elif best:
+      candidates = [s for s in [mngr.best_step()] if s is not None]
+    else:
+      candidates = sorted(mngr.all_steps(), reverse=True)
+    expected = shapes(abstract_state)
+    for s in candidates:
+      try:
+        info = mngr.restore(s, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info
+        saved = info["shapes"]
+      except Exception as e:  # pylint: disable=broad-except
+        self._unreadable(mngr, s, e, explicit=step is not None)
+        continue
+      if saved != expected:
+        raise ValueError(self._mismatch(mngr, s, saved, expected, info.get("config"),
+                                        config))
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+      try:
+        state = mngr.restore(s, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract))).state
+      except Exception as e:  # pylint: disable=broad-except
+        self._unreadable(mngr, s, e, explicit=step is not None)
+        continue
+      return state, info
+    if candidates:
+      raise ValueError(f"no readable checkpoint in {mngr.directory} (tried steps "
+                       f"{candidates}); move the directory away to start afresh.")
+    return None, None
+
+  @staticmethod
+  def _unreadable(mngr, step, error, explicit):
+    message = (f"checkpoint step {step} in {mngr.directory} is unreadable "
+               f"({type(error).__name__}: {str(error)[:200]})")
+    if explicit:
+      raise ValueError(message)
+    logging.warning("%s; falling back to the previous checkpoint", message)
+
+  @staticmethod
+  def _mismatch(mngr, step, saved, expected, saved_config, config):
+    fields = config_diff(saved_config, config) if config is not None else []
+    arrays = [f"{k}: checkpoint {saved.get(k)}, config {expected.get(k)}"
+              for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
+    lines = [f"checkpoint step {step} in {mngr.directory} does not fit this config: the "
+             "arrays it holds have other shapes."]
+    if fields:
+      lines.append("config fields that differ from the checkpoint's: " + "; ".join(fields))
+    lines.append("arrays that differ: " + "; ".join(arrays[:8]) +
+                 (f" (and {len(arrays) - 8} more)" if len(arrays) > 8 else ""))
+    lines.append("Use the run's own config (its config.json) or a fresh --workdir.")
+    return "\n".join(lines)
 
   def steps(self, best: bool = False):
     return list((self.best if best else self.latest).all_steps())
@@ -58,14 +132,3 @@ class Checkpoints:
   def close(self):
     self.latest.close()
     self.best.close()
-
-
-def read_info(workdir: str, step: int | None = None, best: bool = False) -> tuple[int, Any]:
-  """(step, JSON info) of a checkpoint without restoring arrays."""
-  ckpt = Checkpoints(workdir)
-  mngr = ckpt.best if best else ckpt.latest
-  step = (mngr.best_step() if best else mngr.latest_step()) if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}")
-  info = mngr.restore(step, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info
-  return step, info

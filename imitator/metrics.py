@@ -82,10 +82,12 @@ def windowed_nie(err, chance, width: int):
 
 
 def horizon_to_divergence(err, chance, eps: float, width: int, t_train: int):
-  """First step (1-based count of steps seen) whose trailing-window NIE exceeds eps,
-  and that step as a multiple of t_train; (None, None) if it never does."""
+  """First horizon H >= width (steps seen) whose NIE over the trailing `width` steps
+  exceeds eps, and H as a multiple of t_train; (None, None) if none does. Only full
+  windows count, so with width = t_train the check at H = t_train is the NIE of the
+  whole run, as in the figures "at horizon H"."""
   curve = windowed_nie(err, chance, width)
-  above = np.nonzero(curve > eps)[0]
+  above = np.nonzero(curve[width - 1:] > eps)[0] + width - 1
   if above.size == 0:
     return None, None
   step = int(above[0]) + 1

@@ -26,7 +26,8 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from imitator import checkpoint, episodes, evaluate, kinds, metrics, objective
+from imitator import checkpoint, config_schema, episodes, evaluate, kinds, metrics
+from imitator import objective
 from imitator import parallel
 
 
@@ -38,6 +39,8 @@ class TrainState(NamedTuple):
   lr_scale: jax.Array  # multiplies every update; lowered after non-finite streaks
   bad_streak: jax.Array  # consecutive steps where some imitator's update was skipped
   bad_total: jax.Array
+  bad: Any  # {imitator: steps whose update was skipped}
+  rollbacks: jax.Array  # times the run went back to a checkpoint after a streak
   sums: Any  # metrics summed since the last log step
   count: jax.Array
 
@@ -70,6 +73,7 @@ class Experiment:
   """Everything static a run needs, built from the config."""
 
   def __init__(self, config):
+    config_schema.validate(config)
     self.config = config
     self.setting, self.data = episodes.setting_from_config(config)
     self.imitators = kinds.build(config, self.setting)
@@ -90,6 +94,8 @@ class Experiment:
         opt_state={name: self.tx.init(m) for name, m in meta.items()},
         key=jax.random.key_data(key), lr_scale=jnp.ones((), jnp.float32),
         bad_streak=jnp.zeros((), jnp.int32), bad_total=jnp.zeros((), jnp.int32),
+        bad={name: jnp.zeros((), jnp.int32) for name in self.imitators},
+        rollbacks=jnp.zeros((), jnp.int32),
         sums=zeros, count=jnp.zeros((), jnp.int32))
 
   def metric_names(self):
@@ -103,7 +109,9 @@ class Experiment:
     sharding = NamedSharding(self.mesh, PartitionSpec("data"))
 
     def step(ts: TrainState):
-      key = jax.random.fold_in(jax.random.wrap_key_data(ts.key), ts.step)
+      # A rollback replays its steps on other teachers: they may be what broke.
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(ts.key),
+                                                  ts.step), ts.rollbacks)
       k_ep, k_im = jax.random.split(key)
       ep = episodes.sample(setting, self.data, k_ep, n, sharding=sharding)
       im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
@@ -113,7 +121,7 @@ class Experiment:
             im, ts.meta[name], im_keys, ep.x, ep.y, ep.behaviour, window)
       # Each imitator has its own optimizer and guard: a non-finite loss or gradient
       # leaves that imitator's meta-params and optimizer state as they were.
-      meta, opt_state, values, oks = {}, {}, {}, []
+      meta, opt_state, values, oks, bad = {}, {}, {}, [], {}
       for name in self.imitators:
         norm = optax.tree.norm(grads[name])
         ok = jnp.isfinite(losses[name]) & jnp.isfinite(norm)
@@ -127,11 +135,12 @@ class Experiment:
         values[f"loss/{name}"] = jnp.where(ok, losses[name], 0.0)
         values[f"grad_norm/{name}"] = jnp.where(ok, norm, 0.0)
         oks.append(ok)
+        bad[name] = ts.bad[name] + (~ok).astype(jnp.int32)
       ok = jnp.all(jnp.stack(oks))
       return ts._replace(
           step=ts.step + 1, meta=meta, opt_state=opt_state,
           bad_streak=jnp.where(ok, 0, ts.bad_streak + 1),
-          bad_total=ts.bad_total + (~ok).astype(jnp.int32),
+          bad_total=ts.bad_total + (~ok).astype(jnp.int32), bad=bad,
           sums={k: ts.sums[k] + values[k] for k in ts.sums},
           count=ts.count + 1)
 
@@ -159,6 +168,7 @@ def _log_record(ts, step, horizon, tcfg, last, validate):
   record = {"step": step, "horizon": horizon}
   record.update({k: float(v) / max(int(count), 1) for k, v in sums.items()})
   record["nonfinite_steps"] = int(ts.bad_total)
+  record.update({f"nonfinite_steps/{k}": int(v) for k, v in ts.bad.items()})
   if step % tcfg.eval_every and not last:
     return record, None
   nie = _nie_by_name(*validate(ts.meta))
@@ -201,36 +211,60 @@ def _trim_metrics(path: str, last_step: int):
     f.writelines(lines)
 
 
+def _config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _nonfinite_message(exp, ts, step) -> str:
+  tcfg = exp.config.train
+  bad = [n for n in exp.imitators if int(ts.bad[n])]
+  return (f"stopped at step {step}: the imitation loss or meta-gradient of {bad} was not "
+          f"finite for {tcfg.nonfinite_patience} steps in a row, even after "
+          f"{int(ts.rollbacks)} rollback(s) to the last checkpoint with the meta step size "
+          f"lowered to {float(ts.lr_scale):g} x train.learning_rate. What to change: a "
+          f"lower --config.train.learning_rate (now {tcfg.learning_rate:g}), a tighter "
+          f"--config.train.grad_clip (now {tcfg.grad_clip:g}), a truncation window "
+          f"(--config.train.truncation, now {tcfg.truncation}), or teachers that stay "
+          "finite on this stream (the family's learning-rate prior, --config.family.lr_scale).")
+
+
 def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
   """Meta-trains the configured imitator and baselines; returns the final report.
 
   `stop_at_step` stops early as a preemption would (checkpoint, no evaluation); the
-  same call without it resumes to `config.train.steps`."""
-  exp = Experiment(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  same call without it resumes to `config.train.steps`. Status 'diverged' means the
+  non-finite guard gave up (the message says what to change)."""
+  exp = Experiment(config)  # validates everything before the workdir is touched
   tcfg = config.train
+  os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpoints(workdir, keep=tcfg.keep_checkpoints)
-  ts = exp.init_state()
-  restored, info = ckpt.restore(ts)
+  fresh = exp.init_state()
+  restored, info = ckpt.restore(fresh, config=_config_dict(config))
   best_nie = float("inf")
+  ts = fresh
   if restored is not None:
     ts = restored
     best_nie = info.get("best_val_nie") or best_nie
     logging.info("resumed from step %d in %s", int(ts.step), workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   ts = exp.place(ts)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  start = int(ts.step)
-  _trim_metrics(metrics_path, start)
+  _trim_metrics(metrics_path, int(ts.step))
 
   validate = exp.validation_fn()
   stages = curriculum(tcfg, exp.setting.t)
   step_fns = {}
-  started, t_last, s_last = time.time(), time.time(), start
-  status = "finished"
-  with _Preemption() as preempt, open(metrics_path, "a") as log_file:
-    step = start
+  started, t_last, s_last = time.time(), time.time(), int(ts.step)
+  status, message = "finished", ""
+
+  def save(step, ts, record=None, val_nie=None):
+    info = {"step": step, "metrics": record, "config": _config_dict(config),
+            "best_val_nie": best_nie if math.isfinite(best_nie) else None}
+    ckpt.save(step, ts, info, val_nie=val_nie)
+
+  with _Preemption() as preempt:
+    step = int(ts.step)
     while step < tcfg.steps:
       horizon = next(h for h, until in stages if step < until)
       if horizon not in step_fns:
@@ -239,13 +273,32 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
       step += 1
       last = step == tcfg.steps
       stopping = preempt.requested or step == stop_at_step
+      # Polled every `patience` steps: a streak of that length cannot go unseen, and the
+      # hot loop syncs with the host only that often.
+      if step % tcfg.nonfinite_patience == 0 and int(ts.bad_streak) >= tcfg.nonfinite_patience:
+        if int(ts.rollbacks) >= tcfg.max_rollbacks:
+          status, message = "diverged", _nonfinite_message(exp, ts, step)
+          logging.error(message)
+          break
+        ckpt.wait()
+        back, _ = ckpt.restore(fresh, config=_config_dict(config))
+        back = fresh if back is None else back
+        ts = exp.place(back._replace(
+            lr_scale=ts.lr_scale * tcfg.rollback_lr_factor, rollbacks=ts.rollbacks + 1,
+            bad_streak=jnp.zeros_like(ts.bad_streak), bad=ts.bad, bad_total=ts.bad_total))
+        logging.warning("%d non-finite steps in a row at step %d: back to step %d with the "
+                        "meta step size x%g", tcfg.nonfinite_patience, step, int(ts.step),
+                        float(ts.lr_scale))
+        step = int(ts.step)
+        _trim_metrics(metrics_path, step)
+        continue
       record, val_nie = None, None
       if step % tcfg.log_every == 0 or last:
         record, val_nie = _log_record(ts, step, horizon, tcfg, last, validate)
         if val_nie is not None:
           best_nie = min(best_nie, val_nie)
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(record) + "\n")
         now = time.time()
         rate = (step - s_last) / max(now - t_last, 1e-9)
         t_last, s_last = now, step
@@ -256,9 +309,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         ts = exp.place(ts._replace(sums=jax.tree.map(jnp.zeros_like, ts.sums),
                                    count=jnp.zeros_like(ts.count)))
       if val_nie is not None or step % tcfg.checkpoint_every == 0 or last or stopping:
-        info = {"step": step, "metrics": record,
-                "best_val_nie": best_nie if math.isfinite(best_nie) else None}
-        ckpt.save(step, ts, info, val_nie=val_nie, force=True)
+        save(step, ts, record, val_nie)
       if stopping:
         status = "preempted"
         logging.warning("stopped: checkpoint written at step %d in %s; run the same "
@@ -266,8 +317,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         break
   ckpt.wait()
   ckpt.close()
-  if status == "preempted":
-    return {"status": status, "step": step}
+  if status != "finished":
+    return {"status": status, "step": step, "message": message}
   logging.info("training took %s; evaluating the best checkpoint", _duration(
       time.time() - started))
   report = evaluate.final_report(exp, workdir)

@@ -20,11 +20,9 @@ from imitator import episodes
 from learners import learner, rollout, streams
 from launch import cli
 
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
-    "Config file (ml_collections), optionally FILE:arg.", lock_config=False)
+_CONFIG = cli.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "default.py"), lock_config=False)
 _OUT = flags.DEFINE_string("out", "teacher.npz", "Where to write the dump.")
 _STREAM_NPZ = flags.DEFINE_string(
     "stream_npz", None, "Replay this stream file (flat npz or a teacher dump) instead of "
@@ -82,7 +80,7 @@ def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
 
 def main(argv):
   del argv
-  arrays = trace(_CONFIG.value, _STREAM_NPZ.value, _INDEX.value)
+  arrays = trace(cli.config_value(_CONFIG), _STREAM_NPZ.value, _INDEX.value)
   with open(_OUT.value, "wb") as f:
     np.savez(f, **arrays)
   print(json.loads(str(arrays["description"]))["teacher"])

@@ -6,29 +6,31 @@ A run restarted on the same workdir resumes; SIGTERM/SIGINT checkpoint and exit 
 
 import datetime
 import os
+import sys
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from imitator import parallel, train
 from launch import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
-    "Config file (ml_collections), optionally FILE:arg.", lock_config=True)
+_CONFIG = cli.define_config(
+    os.path.join(os.path.dirname(__file__), "configs", "default.py"), lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Run directory (default: a fresh one under runs/).")
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   workdir = _WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
   parallel.initialize_distributed(config.train.distributed)
   logging.info("workdir: %s", os.path.abspath(workdir))
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   result = train.train_and_evaluate(config, workdir)
+  if result["status"] == "diverged":
+    print(f"error: {result['message']}", flush=True)
+    sys.exit(1)
   if result["status"] == "preempted":
     print(f"stopped at step {result['step']}; checkpoint in {workdir}; run the same "
           "command again to resume", flush=True)

@@ -53,6 +53,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       truncation=0,  # window of truncated backpropagation in steps; 0 = whole horizon
       remat=False, curriculum="",  # e.g. "32@200,64@400": horizon 32 until step 200, ...
       log_every=50, eval_every=200, checkpoint_every=200, keep_checkpoints=3,
+      # Non-finite guard: after `nonfinite_patience` skipped steps in a row, go back to
+      # the last checkpoint with the meta step size x rollback_lr_factor; stop after
+      # max_rollbacks such returns.
+      nonfinite_patience=10, max_rollbacks=3, rollback_lr_factor=0.5,
       distributed=False)
 
   config.eval = dict(seed=10_000, val_teachers=64, teachers=128,

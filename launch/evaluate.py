@@ -1,0 +1,58 @@
+"""Evaluates a run's best checkpoint on the battery of shifts and horizons.
+
+    python -m launch.evaluate --workdir=runs/default
+    python -m launch.evaluate --workdir=DIR --shifts=none,covariate_scale --stream_npz=FILE
+
+Writes workdir/eval/report.json (rows merged into the training report), report.md and
+the plots nie.png and forgetting.png. Shifts: none and the names of learners.shifts
+(optionally NAME:strength); --stream_npz adds the user's stream as shift `npz`.
+"""
+
+import os
+
+from absl import flags, logging
+
+from imitator import evaluate, train, workdir as workdir_lib
+from learners import shifts
+from launch import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.",
+                               required=True)
+_SHIFTS = flags.DEFINE_list("shifts", list(evaluate.BATTERY),
+                            "Shifts to evaluate (default: all).")
+_STREAM_NPZ = flags.DEFINE_string("stream_npz", None, "Also evaluate on this stream file.")
+_TEACHERS = flags.DEFINE_integer("teachers", None,
+                                 "Held-out teachers per shift (default: config.eval).")
+_FORGETTING = flags.DEFINE_boolean("forgetting", True, "Run the forgetting experiment.")
+
+
+def main(argv):
+  del argv
+  names = [s.strip() for s in _SHIFTS.value if s.strip()]
+  for name in names:
+    base = name.partition(":")[0]
+    if base != "none" and base not in shifts.SHIFTS:
+      raise ValueError(f"--shifts: unknown shift {base!r}; allowed: "
+                       f"{list(evaluate.BATTERY)}.")
+  if _STREAM_NPZ.value:
+    if not os.path.exists(_STREAM_NPZ.value):
+      raise ValueError(f"--stream_npz={_STREAM_NPZ.value!r} does not exist.")
+    names.append("npz")
+  config = workdir_lib.load_config(_WORKDIR.value)
+  if _TEACHERS.value:
+    config.eval.teachers = _TEACHERS.value
+  if config.eval.teachers < 64:
+    logging.warning("eval.teachers=%d: the battery is meant for at least 64 teachers",
+                    config.eval.teachers)
+  exp = train.Experiment(config)
+  evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
+                    with_forgetting=_FORGETTING.value, log=lambda m: logging.info(m))
+  eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
+  with open(os.path.join(eval_dir, "report.md")) as f:
+    print(f.read())
+  print(f"wrote {eval_dir}/report.json, report.md, nie.png"
+        f"{', forgetting.png' if _FORGETTING.value else ''}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
