@@ -11,6 +11,7 @@ names the differing config fields.
 from __future__ import annotations
 
 import os
+import time
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -60,9 +61,15 @@ class Checkpoints:
     info = dict(info, shapes=shapes(state))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               info=ocp.args.JsonSave(info))
-    self.latest.save(step, args=args, force=True)
+    managers = [(self.latest, None)]
     if val_nie is not None:
-      self.best.save(step, args=args, metrics={"val_nie": float(val_nie)}, force=True)
+      managers.append((self.best, {"val_nie": float(val_nie)}))
+    for mngr, metrics in managers:
+      # A run that went back (rollback, unreadable newer step) saves a step again.
+      if step in mngr.all_steps():
+        mngr.wait_until_finished()
+        mngr.delete(step)
+      mngr.save(step, args=args, metrics=metrics, force=True)
 
   def restore(self, abstract_state, step: int | None = None, best: bool = False,
               config: dict | None = None):
@@ -94,11 +101,28 @@ class Checkpoints:
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(mngr, s, e, explicit=step is not None)
         continue
+      self._set_aside(mngr, [c for c in candidates if c > s])
       return state, info
     if candidates:
       raise ValueError(f"no readable checkpoint in {mngr.directory} (tried steps "
                        f"{candidates}); move the directory away to start afresh.")
     return None, None
+
+  @staticmethod
+  def _set_aside(mngr, steps):
+    """Moves unreadable newer steps out of the manager's way (kept for inspection), so
+    that training past them can save those steps again."""
+    root = str(mngr.directory)
+    for step in steps:
+      src = os.path.join(root, str(step))
+      if os.path.isdir(src):
+        dest = os.path.join(os.path.dirname(root), "corrupted",
+                            f"{os.path.basename(root)}-step{step}-{int(time.time())}")
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(src, dest)
+        logging.warning("moved unreadable checkpoint step %d to %s", step, dest)
+    if steps:
+      mngr.reload()
 
   @staticmethod
   def _unreadable(mngr, step, error, explicit):

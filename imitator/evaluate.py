@@ -145,7 +145,7 @@ def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family) -> li
 def restore_meta(exp, workdir: str, best: bool = True, step: int | None = None):
   """The meta-params of a checkpoint (best by validation NIE by default)."""
   ckpt = checkpoint.Checkpoints(workdir)
-  state, _ = ckpt.restore(exp.init_state(), step=step, best=best)
+  state, _ = ckpt.restore(exp.abstract_state(), step=step, best=best)
   ckpt.close()
   if state is None:
     raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in {workdir}")
@@ -249,7 +249,7 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
     k_teach, k_stream = jax.random.split(key)
     stream_keys = jax.random.split(k_stream, n)
     stream = jax.vmap(lambda k: streams.make_stream(setting.spec, k, data))(stream_keys)
-    px, py = jax.vmap(lambda k: streams.forgetting_probes(setting.spec, k, probes))(
+    px, py = jax.vmap(lambda k: streams.forgetting_probes(setting.spec, k, probes, data))(
         stream_keys)
     hp, init_keys = episodes.teachers(setting, k_teach, n)
     traj = jax.vmap(lambda h, k, s, p: rollout.rollout(

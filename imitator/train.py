@@ -98,6 +98,13 @@ class Experiment:
         rollbacks=jnp.zeros((), jnp.int32),
         sums=zeros, count=jnp.zeros((), jnp.int32))
 
+  def abstract_state(self):
+    """Shapes, dtypes and (replicated) shardings of the train state: what restoring a
+    checkpoint needs, without holding arrays a donated step could delete."""
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                        jax.eval_shape(self.init_state))
+
   def metric_names(self):
     return [f"{m}/{n}" for m in ("loss", "grad_norm") for n in self.imitators]
 
@@ -238,10 +245,10 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
   tcfg = config.train
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpoints(workdir, keep=tcfg.keep_checkpoints)
-  fresh = exp.init_state()
-  restored, info = ckpt.restore(fresh, config=_config_dict(config))
+  abstract = exp.abstract_state()
+  restored, info = ckpt.restore(abstract, config=_config_dict(config))
   best_nie = float("inf")
-  ts = fresh
+  ts = exp.init_state()
   if restored is not None:
     ts = restored
     best_nie = info.get("best_val_nie") or best_nie
@@ -279,10 +286,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         if int(ts.rollbacks) >= tcfg.max_rollbacks:
           status, message = "diverged", _nonfinite_message(exp, ts, step)
           logging.error(message)
+          save(step, ts)  # skipped steps never touch meta-params: all of it is finite
           break
         ckpt.wait()
-        back, _ = ckpt.restore(fresh, config=_config_dict(config))
-        back = fresh if back is None else back
+        back, _ = ckpt.restore(abstract, config=_config_dict(config))
+        back = exp.init_state() if back is None else back
         ts = exp.place(back._replace(
             lr_scale=ts.lr_scale * tcfg.rollback_lr_factor, rollbacks=ts.rollbacks + 1,
             bad_streak=jnp.zeros_like(ts.bad_streak), bad=ts.bad, bad_total=ts.bad_total))

@@ -88,7 +88,7 @@ def main(argv):
     raise FileNotFoundError(f"no checkpoint in {wd}")
   if _STEP.value is not None and _STEP.value not in steps:
     raise ValueError(f"--step={_STEP.value}: no such checkpoint; steps in {wd}: {steps}")
-  state, info = ckpt.restore(exp.init_state(), step=_STEP.value, best=_BEST.value)
+  state, info = ckpt.restore(exp.abstract_state(), step=_STEP.value, best=_BEST.value)
   ckpt.close()
   step = int(state.step)
   print("config:\n" + config.to_json_best_effort(indent=2, sort_keys=True))

@@ -336,7 +336,7 @@ class Family:
       names, support = _NAMES[field], getattr(self, field + "s")
       code = hp[field]
       if code != int(code) or not 0 <= int(code) < len(names):
-        raise ValueError(f"hyperparam {field}={code!r} is not a valid code; "
+        raise ValueError(f"hyperparam {field}={code.item()!r} is not a valid code; "
                          f"codes are 0..{len(names) - 1} for {list(names)}.")
       if names[int(code)] not in support:
         raise ValueError(f"hyperparam {field}={names[int(code)]!r} is outside {where}: "
@@ -344,7 +344,7 @@ class Family:
                          f"--config.family.{field}s or pick another family.name).")
     steps = hp["inner_steps"]
     if steps != int(steps) or not 1 <= steps <= self.max_inner_steps:
-      raise ValueError(f"hyperparam inner_steps={steps!r} is outside {where}: allowed "
+      raise ValueError(f"hyperparam inner_steps={steps.item()!r} is outside {where}: allowed "
                        f"integers 1..{self.max_inner_steps}.")
     opt = optimizers.OPTIMIZERS[int(hp["optimizer"])]
     low, high = self.learning_rate_range(opt)

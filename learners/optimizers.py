@@ -39,7 +39,7 @@ _FACTORIES = {name: _make(name) for name in OPTIMIZERS}
 
 
 def _injected(hparams):
-  return {k: jnp.asarray(hparams[k], jnp.float32)
+  return {k: jnp.asarray(hparams[k])
           for k in ("learning_rate", "weight_decay", "momentum", "beta2")}
 
 
@@ -61,7 +61,8 @@ def update(support, hparams, grads, states, params):
       # Refresh the injected values: hyperparams may change between steps (system_id
       # refines its estimates), and gradients reach them through this step.
       state = states[name]
-      state = state._replace(hyperparams={**state.hyperparams, **_injected(hparams)})
+      fresh = {k: v.astype(state.hyperparams[k].dtype) for k, v in _injected(hparams).items()}
+      state = state._replace(hyperparams={**state.hyperparams, **fresh})
       updates, new = transform(name, hparams).update(grads, state, params)
       return updates, {**states, name: new}
     return run

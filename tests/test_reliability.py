@@ -1,0 +1,215 @@
+"""Runs survive kills, bad numbers and bad input (issue: reliability)."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imitator import checkpoint, objective, train
+from launch.configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(steps=40, **train_fields):
+  config = default.get_config("smoke")
+  config.train.steps = steps
+  config.train.log_every = 10
+  config.train.eval_every = 20
+  config.train.checkpoint_every = 20
+  for k, v in train_fields.items():
+    config.train[k] = v
+  return config
+
+
+def _latest(config, workdir):
+  exp = train.Experiment(config)
+  ckpt = checkpoint.Checkpoints(workdir)
+  state, _ = ckpt.restore(exp.abstract_state())
+  ckpt.close()
+  return state
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _train_cmd(workdir, *flags):
+  return [sys.executable, "-m", "launch.train",
+          "--config=" + os.path.join(ROOT, "launch/configs/default.py") + ":smoke",
+          f"--workdir={workdir}", *flags]
+
+
+def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
+  flags = ["--config.train.steps=3000", "--config.train.log_every=25",
+           "--config.train.eval_every=1000", "--config.train.checkpoint_every=1000"]
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen(_train_cmd(killed, *flags), cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(killed, "metrics.jsonl")
+  deadline = time.time() + 240
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out
+  assert "run the same command again to resume" in out
+  stopped = int(out.split("stopped at step ")[1].split(";")[0])
+  assert 0 < stopped < 3000
+  resumed = subprocess.run(_train_cmd(killed, *flags), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resumed from step {stopped}" in resumed.stderr
+  straight = str(tmp_path / "straight")
+  whole = subprocess.run(_train_cmd(straight, *flags), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert whole.returncode == 0, whole.stderr[-2000:]
+  config = default.get_config("smoke")
+  config.train.steps, config.train.log_every = 3000, 25
+  config.train.eval_every = config.train.checkpoint_every = 1000
+  _assert_same(_latest(config, killed), _latest(config, straight))
+  with open(metrics) as f1, open(os.path.join(straight, "metrics.jsonl")) as f2:
+    assert f1.read() == f2.read()
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+  config = _smoke(steps=20)
+  for name in ("a", "b"):
+    train.train_and_evaluate(config, str(tmp_path / name), stop_at_step=20)
+  a, b = (open(tmp_path / n / "metrics.jsonl").read() for n in ("a", "b"))
+  assert a == b and len(a.splitlines()) == 2
+
+
+def test_nonfinite_steps_are_skipped_rolled_back_then_stopped(tmp_path, monkeypatch,
+                                                             caplog):
+  real = objective.loss_and_grads
+
+  def broken_baseline(imitator, meta, *args, **kwargs):
+    loss, grads = real(imitator, meta, *args, **kwargs)
+    if getattr(imitator, "freeze_after", 0):  # the `frozen` baseline only
+      return loss * jnp.nan, jax.tree.map(lambda g: g * jnp.nan, grads)
+    return loss, grads
+
+  monkeypatch.setattr(objective, "loss_and_grads", broken_baseline)
+  config = _smoke(steps=60, nonfinite_patience=10, max_rollbacks=2)
+  config.train.log_every = 5
+  with caplog.at_level(logging.WARNING):
+    result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["status"] == "diverged"
+  rollbacks = [r.getMessage() for r in caplog.records if "back to step" in r.getMessage()]
+  assert len(rollbacks) == 2
+  assert "step size x0.5" in rollbacks[0] and "step size x0.25" in rollbacks[1]
+  message = result["message"]
+  assert "['frozen']" in message and "learning_rate" in message and "grad_clip" in message
+  state = _latest(config, str(tmp_path))
+  init = train.Experiment(config).init_state()
+  _assert_same(state.meta["frozen"], init.meta["frozen"])  # never updated
+  leaves = zip(jax.tree.leaves(state.meta["imitator"]), jax.tree.leaves(init.meta["imitator"]))
+  assert any(not np.array_equal(a, b) for a, b in leaves)  # the others kept learning
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines and all(l["nonfinite_steps/frozen"] > 0 for l in lines)
+  assert all(l["nonfinite_steps/imitator"] == 0 for l in lines)
+
+
+def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+  config = _smoke(steps=40)
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir, stop_at_step=40)
+  bad = tmp_path / "checkpoints" / "40" / "state"
+  for root, _, files in os.walk(bad):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"\x00garbage")
+  os.makedirs(tmp_path / "checkpoints" / "60.orbax-checkpoint-tmp-1", exist_ok=True)
+  exp = train.Experiment(config)
+  ckpt = checkpoint.Checkpoints(workdir)
+  with caplog.at_level(logging.WARNING):
+    state, info = ckpt.restore(exp.abstract_state())
+  ckpt.close()
+  assert int(state.step) == 20 and info["step"] == 20
+  assert any("checkpoint step 40" in r.getMessage() and "unreadable" in r.getMessage()
+             for r in caplog.records)
+  assert (tmp_path / "corrupted").is_dir()
+  # Training resumes from the good checkpoint and finishes.
+  assert train.train_and_evaluate(config, workdir)["status"] == "finished"
+
+
+def test_restore_with_other_shapes_names_the_differing_fields(tmp_path):
+  config = _smoke(steps=20)
+  train.train_and_evaluate(config, str(tmp_path), stop_at_step=20)
+  changed = _smoke(steps=20)
+  changed.imitator.gradient.network = "mlp"
+  changed.imitator.gradient.width = 7
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(changed, str(tmp_path))
+  text = str(e.value)
+  assert "imitator.gradient.width: checkpoint None, config 7" in text
+  assert "imitator.gradient.network" in text and "checkpoint step 20" in text
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("train.steps", -1, ["train.steps=-1", ">= 1"]),
+    ("train.learning_rate", 0.0, ["train.learning_rate=0.0", "(0"]),
+    ("imitator.kind", "gradientt", ["imitator.kind='gradientt'", "'system_id'"]),
+    ("imitator.in_context.arch", "lstm", ["'lstm'", "'recurrent'"]),
+    ("train.remat", 1, ["train.remat=1", "true or false"]),
+    ("stream.label_noise", 2.0, ["stream.label_noise=2.0", "[0.0, 1.0]"]),
+    ("family.optimizers", "sgd,adamw", ["'adamw'", "'rmsprop'"]),
+    ("teacher.learning_rate", -0.1, ["learning_rate=-0.1", "allowed"]),
+])
+def test_bad_config_values_are_named_with_what_is_allowed(field, value, words):
+  config = default.get_config("smoke")
+  block, key = field.rsplit(".", 1)
+  node = config
+  for part in block.split("."):
+    node = node[part]
+  with node.ignore_type():
+    node[key] = value
+  with pytest.raises(ValueError) as e:
+    train.Experiment(config)
+  for w in words:
+    assert w in str(e.value), str(e.value)
+
+
+def test_unknown_keys_are_rejected():
+  config = default.get_config("smoke")
+  with config.train.unlocked():
+    config.train.stepz = 3
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['stepz'\] in config.train"):
+    train.Experiment(config)
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--config.train.steps=-3"], ["train.steps=-3"]),
+    (["--config.train.stepz=3"], ["--config.train.stepz", "steps"]),
+    (["--config.stream.kind=dataset", "--config.stream.dataset=no_such_set"],
+     ["no_such_set"]),
+    (["--config.stream.kind=dataset", "--config.stream.dataset=mnist",
+      "--config.stream.data_dir=/nonexistent"], ["mnist", "--data_dir", "/nonexistent"]),
+    (["--config.stream.kind=npz", "--config.stream.npz_path=MALFORMED"], ["MALFORMED"]),
+])
+def test_cli_refuses_bad_input_with_exit_2_and_writes_nothing(tmp_path, flags, words):
+  malformed = tmp_path / "bad.npz"
+  malformed.write_bytes(b"not an npz")
+  flags = [f.replace("MALFORMED", str(malformed)) for f in flags]
+  words = [w.replace("MALFORMED", str(malformed)) for w in words]
+  workdir = tmp_path / "run"
+  out = subprocess.run(_train_cmd(str(workdir), *flags), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  error = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+  assert error, out.stderr[-2000:]
+  for w in words:
+    assert w in error[0], error[0]
+  assert not workdir.exists()
