@@ -290,6 +290,17 @@ def _merge_rows(old: list, new: list) -> list:
   return [r for r in old if key(r) not in fresh] + new
 
 
+def _finite(value):
+  """Non-finite floats (an imitation that blew up) as None: report.json stays JSON."""
+  if isinstance(value, float):
+    return value if np.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_finite(v) for v in value]
+  return value
+
+
 def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = None):
   """Merges rows into workdir/eval/report.json (same imitator, shift and horizon are
   replaced) and rewrites report.md."""
@@ -300,11 +311,11 @@ def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = 
     with open(path) as f:
       report = json.load(f)
   report["t_train"] = t_train
-  report["results"] = _merge_rows(report["results"], rows)
+  report["results"] = _merge_rows(report["results"], [_finite(r) for r in rows])
   if skipped is not None:
     report["skipped"] = skipped
   with open(path, "w") as f:
-    json.dump(report, f, indent=2)
+    json.dump(report, f, indent=2, allow_nan=False)
   from imitator import report as report_lib
   with open(os.path.join(workdir, "eval", "report.md"), "w") as f:
     f.write(report_lib.markdown(report))

@@ -8,7 +8,12 @@ import numpy as np
 
 
 def _ci(value, ci, digits=3):
-  return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+  if value is None:
+    return "diverged"
+  if value >= 1e4:
+    return f"{value:.2g}"
+  fmt = lambda v: "?" if v is None else f"{v:.{digits}f}"
+  return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
 def _divergence(row, eps):
