@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imitator import checkpoint, episodes, kinds, metrics, objective
+from imitator import checkpoint, episodes, kinds, metrics, objective, parallel
 from learners import family as family_lib
 from learners import rollout, shifts, streams
 
@@ -314,6 +314,8 @@ def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = 
   report["results"] = _merge_rows(report["results"], [_finite(r) for r in rows])
   if skipped is not None:
     report["skipped"] = skipped
+  if not parallel.is_primary():
+    return report
   with open(path, "w") as f:
     json.dump(report, f, indent=2, allow_nan=False)
   from imitator import report as report_lib

@@ -21,6 +21,12 @@ def initialize_distributed(enabled: bool) -> None:
     _initialized = True
 
 
+def is_primary() -> bool:
+  """Whether this process writes the workdir's files (config.json, metrics.jsonl,
+  reports); orbax coordinates checkpoint writes across processes itself."""
+  return jax.process_index() == 0
+
+
 def data_mesh() -> Mesh:
   """A 1-d mesh named 'data' over every device of every process."""
   return Mesh(np.asarray(jax.devices()), ("data",))

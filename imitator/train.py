@@ -253,11 +253,14 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     ts = restored
     best_nie = info.get("best_val_nie") or best_nie
     logging.info("resumed from step %d in %s", int(ts.step), workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  primary = parallel.is_primary()
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   ts = exp.place(ts)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _trim_metrics(metrics_path, int(ts.step))
+  if primary:
+    _trim_metrics(metrics_path, int(ts.step))
 
   validate = exp.validation_fn()
   stages = curriculum(tcfg, exp.setting.t)
@@ -298,15 +301,17 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
                         "meta step size x%g", tcfg.nonfinite_patience, step, int(ts.step),
                         float(ts.lr_scale))
         step = int(ts.step)
-        _trim_metrics(metrics_path, step)
+        if primary:
+          _trim_metrics(metrics_path, step)
         continue
       record, val_nie = None, None
       if step % tcfg.log_every == 0 or last:
         record, val_nie = _log_record(ts, step, horizon, tcfg, last, validate)
         if val_nie is not None:
           best_nie = min(best_nie, val_nie)
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(record) + "\n")
+        if primary:
+          with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
         now = time.time()
         rate = (step - s_last) / max(now - t_last, 1e-9)
         t_last, s_last = now, step

@@ -1,0 +1,185 @@
+"""Speed and memory, measured side by side in one run; one JSON object per line.
+
+    pip install -c constraints.txt -e ".[bench]"      # PyTorch peers (CPU)
+    python -m launch.benchmark                         # every section (~10 min on 2 cores)
+    python -m launch.benchmark --sections=rollout --out=bench.jsonl
+
+Sections:
+- `rollout`: teacher steps/s of `population_rollout` (one jitted call, horizon 1000) for
+  P teachers of width W seeing B examples a step, its GFLOP/s against a float32 matmul
+  roofline measured in the same run, and two PyTorch peers of the same learners
+  (`launch.torch_peers`): `torch_batched` and `torch_loop` (cut by a time budget and
+  extrapolated; the row says so).
+- `outer_step`: imitated teacher-steps/s of one jitted outer step, per imitator kind.
+- `horizon_scaling`: seconds per outer step and XLA's peak memory against the horizon,
+  for full backpropagation, remat, and truncated windows.
+FLOPs are counted analytically (`rollout_flops`); memory is the compiled step's buffer
+assignment (arguments + outputs + temporaries - donated aliases), XLA's own account of
+what the step needs at its peak.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from imitator import train
+from launch import cli, torch_peers
+from launch.configs import default, in_context, system_id
+
+_SECTIONS = flags.DEFINE_list("sections", ["rollout", "outer_step", "horizon_scaling"],
+                              "Which sections to run.")
+_OUT = flags.DEFINE_string("out", None, "Also append the rows to this .jsonl file.")
+_LOOP_BUDGET = flags.DEFINE_float("torch_loop_budget", 3.0,
+                                  "Seconds of torch_loop per rollout row (extrapolated).")
+_QUICK = flags.DEFINE_boolean("quick", False, "Tiny sizes (a smoke test of the script).")
+
+HORIZON = 1000
+POPULATIONS, WIDTHS, BATCHES = (1, 64, 256), (16, 64, 256), (1, 32)
+SCALING_HORIZONS = (64, 256, 1024, 4096)
+
+
+def _time(fn, *args, repeats=3):
+  """(best seconds of `repeats` calls after a compiling call, compile seconds)."""
+  t = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  compile_s = time.perf_counter() - t
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t)
+  return best, compile_s
+
+
+def matmul_roofline(n: int = 2048) -> float:
+  """GFLOP/s of a jitted float32 [n, n] @ [n, n] matmul on this machine."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  seconds, _ = _time(jax.jit(lambda a: a @ a), a, repeats=5)
+  return 2 * n**3 / seconds / 1e9
+
+
+def rollout_flops(P: int, W: int, B: int, horizon: int, d: int = torch_peers.DIM) -> float:
+  """FLOPs of P one-hidden-layer teachers over `horizon` steps: forward 2B(dW + W),
+  backward twice that, SGD update 2 per parameter (tanh and losses not counted)."""
+  params = d * W + W + W + 1
+  forward = 2 * B * (d * W + W)
+  return float(P * horizon * (3 * forward + 2 * params))
+
+
+def rollout_rows(quick: bool, loop_budget: float):
+  roofline = matmul_roofline(512 if quick else 2048)
+  sizes = [(P, W, B) for P in POPULATIONS for W in WIDTHS for B in BATCHES]
+  horizon = HORIZON
+  if quick:
+    sizes, horizon = [(4, 16, 1)], 50
+  for P, W, B in sizes:
+    problem = torch_peers.jax_problem(P, W, B, horizon)
+    jax_run = torch_peers.jax_rollout(problem)
+    rate = jax_run["steps_per_s"]
+    row = {"name": "rollout", "population": P, "width": W, "batch": B, "horizon": horizon,
+           "teacher_steps_per_s": rate,
+           "gflops": rollout_flops(P, W, B, horizon) / jax_run["seconds"] / 1e9,
+           "roofline_gflops": roofline, "jax_compile_s": jax_run["compile_s"]}
+    try:
+      batched = torch_peers.torch_batched(**problem.torch_inputs)
+      loop = torch_peers.torch_loop(**problem.torch_inputs, time_budget_s=loop_budget)
+    except ImportError as e:
+      row["torch"] = str(e)
+    else:
+      row.update(torch_batched_steps_per_s=batched["steps_per_s"],
+                 torch_loop_steps_per_s=loop["steps_per_s"],
+                 torch_loop_extrapolated=loop["extrapolated"],
+                 torch_loop_measured_steps=loop["measured_steps"],
+                 torch_threads=batched["threads"],
+                 vs_torch_batched=rate / batched["steps_per_s"],
+                 vs_torch_loop=rate / loop["steps_per_s"])
+    yield row
+
+
+def _step_cost(config):
+  """(seconds per outer step, peak MB) of a config's jitted outer step."""
+  exp = train.Experiment(config)
+  step = exp.train_step_fn(config.stream.horizon)
+  ts = exp.place(exp.init_state())
+  compiled = step.lower(ts).compile()
+  m = compiled.memory_analysis()
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes) / 2**20
+  ts = compiled(ts)  # a first step, untimed
+  jax.block_until_ready(ts)
+  n = 3
+  t = time.perf_counter()
+  for _ in range(n):
+    ts = compiled(ts)
+  jax.block_until_ready(ts)
+  return (time.perf_counter() - t) / n, peak
+
+
+def _kind_configs(quick: bool):
+  configs = {"gradient": default.get_config()}
+  for arch in ("recurrent", "transformer", "linear_transformer"):
+    configs[f"in_context/{arch}"] = in_context.get_config(arch)
+  configs["system_id/both"] = system_id.get_config()
+  for config in configs.values():
+    if quick:
+      default.shrink_to_smoke(config)
+    config.train.teachers = 16 if quick else 32
+  return configs
+
+
+def outer_step_rows(quick: bool):
+  for name, config in _kind_configs(quick).items():
+    seconds, peak = _step_cost(config)
+    teachers, horizon = config.train.teachers, config.stream.horizon
+    yield {"name": "outer_step", "imitator": name, "horizon": horizon,
+           "teachers": teachers, "seconds_per_step": seconds,
+           "imitated_steps_per_s": teachers * horizon / seconds, "peak_memory_mb": peak}
+
+
+def horizon_scaling_rows(quick: bool):
+  horizons = (16, 32) if quick else SCALING_HORIZONS
+  kinds = {"gradient": default.get_config(), "in_context/recurrent":
+           in_context.get_config("recurrent")}
+  for name, base in kinds.items():
+    for mode in ("none", "remat", "truncation"):
+      for horizon in horizons:
+        config = base.copy_and_resolve_references()
+        config.stream.horizon = horizon
+        config.stream.task_switch_every = 32
+        config.train.teachers = 8
+        config.train.remat = mode == "remat"
+        config.train.truncation = min(horizon, 16 if quick else 64) if mode == "truncation" else 0
+        seconds, peak = _step_cost(config)
+        yield {"name": "horizon_scaling", "imitator": name, "horizon": horizon,
+               "remat": mode, "truncation": config.train.truncation, "teachers": 8,
+               "seconds_per_step": seconds, "peak_memory_mb": peak}
+
+
+def main(argv):
+  del argv
+  sections = {"rollout": lambda: rollout_rows(_QUICK.value, _LOOP_BUDGET.value),
+              "outer_step": lambda: outer_step_rows(_QUICK.value),
+              "horizon_scaling": lambda: horizon_scaling_rows(_QUICK.value)}
+  unknown = sorted(set(_SECTIONS.value) - set(sections))
+  if unknown:
+    raise ValueError(f"--sections: unknown {unknown}; allowed: {sorted(sections)}.")
+  print(json.dumps({"name": "machine", "backend": jax.default_backend(),
+                    "devices": len(jax.devices()), "jax": jax.__version__}), flush=True)
+  for section in _SECTIONS.value:
+    for row in sections[section]():
+      line = json.dumps({k: (round(v, 6) if isinstance(v, float) else v)
+                         for k, v in row.items()})
+      print(line, flush=True)
+      if _OUT.value:
+        with open(_OUT.value, "a") as f:
+          f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  cli.run(main)
