@@ -28,5 +28,6 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8", "chex>=0.1.88"],
         "bench": ["torch>=2.5"],
+        "tensorboard": ["tensorboardX>=2.6"],
     },
 )

@@ -71,7 +71,7 @@ SCHEMA: dict[str, Any] = {
               "log_every": _int(1), "eval_every": _int(1), "checkpoint_every": _int(1),
               "keep_checkpoints": _int(1), "distributed": _BOOL,
               "nonfinite_patience": _int(1), "max_rollbacks": _int(0),
-              "rollback_lr_factor": _float(0, 1, open_low=True)},
+              "rollback_lr_factor": _float(0, 1, open_low=True), "tensorboard": _BOOL},
     "eval": {"seed": _int(0), "val_teachers": _int(2), "teachers": _int(2),
              "window": _int(0)},
 }
@@ -116,6 +116,12 @@ def validate(config) -> None:
   if unknown:
     raise ValueError(f"unknown field(s) {unknown} in config.teacher; allowed: "
                      f"{list(family_lib.FIELDS)}.")
+  if config.train.tensorboard:
+    try:
+      import tensorboardX  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      raise ValueError("train.tensorboard=True needs tensorboardX: pip install -e "
+                       "'.[tensorboard]'.") from None
   horizon = config.stream.horizon
   if config.train.truncation and horizon % config.train.truncation:
     raise ValueError(f"train.truncation={config.train.truncation} must divide "

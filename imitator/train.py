@@ -262,6 +262,10 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
   if primary:
     _trim_metrics(metrics_path, int(ts.step))
 
+  writer = None
+  if tcfg.tensorboard and primary:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
   validate = exp.validation_fn()
   stages = curriculum(tcfg, exp.setting.t)
   step_fns = {}
@@ -312,6 +316,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         if primary:
           with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if writer is not None:
+          for k, v in record.items():
+            if k != "step":
+              writer.add_scalar(k, v, step)
+          writer.flush()
         now = time.time()
         rate = (step - s_last) / max(now - t_last, 1e-9)
         t_last, s_last = now, step
@@ -330,6 +339,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         break
   ckpt.wait()
   ckpt.close()
+  if writer is not None:
+    writer.close()
   if status != "finished":
     return {"status": status, "step": step, "message": message}
   logging.info("training took %s; evaluating the best checkpoint", _duration(

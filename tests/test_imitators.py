@@ -31,16 +31,17 @@ def _teacher(name, task="regression", overrides=None, width=8, dim=5, n_classes=
   return fam, hp, key, stream, traj
 
 
-@pytest.mark.parametrize("name,task", [("sgd_mlp", "regression"),
-                                       ("sgd_linear", "regression"),
-                                       ("sgd_mlp", "classification")])
-def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task):
+@pytest.mark.parametrize("name,task,update_net", [("sgd_mlp", "regression", False),
+                                                  ("sgd_linear", "regression", False),
+                                                  ("sgd_mlp", "classification", False),
+                                                  ("sgd_mlp", "regression", True)])
+def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task, update_net):
   fam, hp, key, stream, traj = _teacher(name, task,
                                         overrides={"weight_decay": 1e-3})
   kind = fam.networks[0]
   im = GradientImitator(task=task, x_shape=fam.x_shape, out_dim=fam.out_dim, network=kind,
                         width=fam.width, depth=fam.depth, activation=fam.activations[0],
-                        step_size="per_layer", adapt_steps=True)
+                        step_size="per_layer", adapt_steps=True, update_net=update_net)
   meta = im.init_meta(jax.random.key(0))
   init = learner.init(fam, hp, key).params[kind]
   lr, wd = float(hp["learning_rate"]), float(hp["weight_decay"])
@@ -56,6 +57,10 @@ def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task):
   np.testing.assert_allclose(a_hat, traj.behaviour, atol=1e-5, rtol=1e-5)
   # The teacher really learned over the run (not a trivially constant behaviour).
   assert float(jnp.abs(traj.behaviour[-1] - traj.behaviour[0]).max()) > 0.1
+  if update_net:  # the learned update is real: moving its output layer changes the run
+    meta["update_net"]["out"]["bias"] = meta["update_net"]["out"]["bias"] + 1e-3
+    _, moved = jax.jit(im.unroll)(meta, state, stream.x, stream.y, traj.behaviour)
+    assert float(jnp.abs(moved - a_hat).max()) > 1e-4
 
 
 def test_system_id_given_true_hparams_and_init_is_the_teacher():

@@ -13,7 +13,7 @@ from launch.configs import default, in_context, system_id
 
 def _final_meta(exp, workdir):
   ckpt = checkpoint.Checkpoints(workdir)
-  state, _ = ckpt.restore(exp.init_state())
+  state, _ = ckpt.restore(exp.abstract_state())
   ckpt.close()
   return state
 
@@ -94,3 +94,16 @@ def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
   assert int(dirty.bad_total) == 0
   for x, y in zip(jax.tree.leaves(clean), jax.tree.leaves(dirty)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_horizon_curriculum_runs_stages_then_the_full_horizon(tmp_path):
+  config = default.get_config("smoke")
+  config.train.steps = 20
+  config.train.log_every = 5
+  config.train.curriculum = "8@10"
+  train.train_and_evaluate(config, str(tmp_path))
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["horizon"] for l in lines] == [8, 8, 32, 32]
+  with pytest.raises(ValueError, match="HORIZON@UNTIL_STEP"):
+    config.train.curriculum = "eight"
+    train.train_and_evaluate(config, str(tmp_path / "bad"))

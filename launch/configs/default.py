@@ -57,6 +57,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       # the last checkpoint with the meta step size x rollback_lr_factor; stop after
       # max_rollbacks such returns.
       nonfinite_patience=10, max_rollbacks=3, rollback_lr_factor=0.5,
+      tensorboard=False,  # also write the logged metrics to workdir/tensorboard
       distributed=False)
 
   config.eval = dict(seed=10_000, val_teachers=64, teachers=128,
