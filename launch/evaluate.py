@@ -15,6 +15,7 @@ from absl import flags, logging
 from imitator import evaluate, train, workdir as workdir_lib
 from learners import shifts
 from launch import cli
+from launch.configs import default
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.",
                                required=True)
@@ -38,7 +39,7 @@ def main(argv):
     if not os.path.exists(_STREAM_NPZ.value):
       raise ValueError(f"--stream_npz={_STREAM_NPZ.value!r} does not exist.")
     names.append("npz")
-  config = workdir_lib.load_config(_WORKDIR.value)
+  config = workdir_lib.load_config(_WORKDIR.value, defaults=default.get_config())
   if _TEACHERS.value:
     config.eval.teachers = _TEACHERS.value
   if config.eval.teachers < 64:

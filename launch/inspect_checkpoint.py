@@ -21,6 +21,7 @@ from absl import flags
 from imitator import checkpoint, evaluate, kinds, train, workdir as workdir_lib
 from learners import family as family_lib
 from launch import cli
+from launch.configs import default
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -80,7 +81,7 @@ def compare(exp, meta, steps: int) -> str:
 def main(argv):
   del argv
   wd = _WORKDIR.value
-  config = workdir_lib.load_config(wd)
+  config = workdir_lib.load_config(wd, defaults=default.get_config())
   exp = train.Experiment(config)
   ckpt = checkpoint.Checkpoints(wd)
   steps = ckpt.steps(best=_BEST.value)

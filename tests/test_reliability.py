@@ -213,3 +213,17 @@ def test_cli_refuses_bad_input_with_exit_2_and_writes_nothing(tmp_path, flags, w
   for w in words:
     assert w in error[0], error[0]
   assert not workdir.exists()
+
+
+def test_old_config_json_gets_new_fields_from_defaults(tmp_path):
+  config = default.get_config("smoke")
+  saved = json.loads(config.to_json_best_effort())
+  del saved["train"]["tensorboard"]
+  saved["train"]["steps"] = 7
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  from imitator import workdir
+  loaded = workdir.load_config(str(tmp_path), defaults=default.get_config())
+  assert loaded.train.tensorboard is False and loaded.train.steps == 7
+  train.Experiment(loaded)  # valid again
+  with pytest.raises(ValueError, match="config.train.tensorboard is missing"):
+    train.Experiment(workdir.load_config(str(tmp_path)))
