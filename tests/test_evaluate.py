@@ -1,0 +1,121 @@
+"""The evaluation battery, its report, and the inspection script, on a smoke checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from imitator import evaluate, train
+from learners import npz, shifts, streams
+from launch.configs import default, digits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("smoke"))
+  config = default.get_config("smoke")
+  config.train.steps = 40
+  config.train.log_every = 20
+  config.train.eval_every = 20
+  config.train.checkpoint_every = 20
+  train.train_and_evaluate(config, workdir)
+  return workdir, config
+
+
+def test_battery_report_schema_table_and_plots(run, tmp_path):
+  workdir, config = run
+  exp = train.Experiment(config)
+  stream_file = str(tmp_path / "stream.npz")
+  npz.save_stream(stream_file, streams.synthetic_stream(
+      streams.StreamSpec(kind="linear_regression", dim=8, horizon=96), jax.random.key(7)))
+  evaluate.evaluate(exp, workdir, ["none", "covariate_scale", "new_task_class", "npz"],
+                    stream_npz=stream_file, log=lambda m: None)
+  report = json.load(open(os.path.join(workdir, "eval", "report.json")))
+  t = config.stream.horizon
+  assert report["t_train"] == t
+  rows = {(r["imitator"], r["shift"], r["horizon"]): r for r in report["results"]}
+  for name in ("gradient", "frozen", "context_only", "oracle"):
+    for shift in ("none", "covariate_scale", "new_task_class"):
+      for m in evaluate.HORIZON_MULTIPLES:
+        r = rows[(name, shift, m * t)]
+        assert r["n_teachers"] == config.eval.teachers >= 64
+        assert set(r) >= {"nie", "nie_ci", "horizon_to_divergence", "task_gap",
+                          "task_gap_ci"}
+        assert set(r["horizon_to_divergence"]) == {"0.1", "0.25"}
+        if r["nie"] is not None and r["nie_ci"][0] is not None:
+          assert r["nie_ci"][0] <= r["nie"] <= r["nie_ci"][1]
+    # The user's stream: 96 steps hold the horizons 32 and 64 (3 x 32 would not be a
+    # power of two of T_train), evaluated on the teachers rolled out on it.
+    assert (name, "npz", t) in rows and (name, "npz", 2 * t) in rows
+    assert ("gradient", "forgetting", 4 * t) in rows or name == "oracle"
+  assert rows[("oracle", "none", t)]["nie"] == 0.0
+  # The row written at the end of training is still there, now with the battery's.
+  assert rows[("gradient", "none", t)]["nie"] is not None
+  md = open(os.path.join(workdir, "eval", "report.md")).read()
+  assert "## shift: covariate_scale" in md and "## forgetting" in md
+  assert "| gradient |" in md
+  for png in ("nie.png", "forgetting.png"):
+    with open(os.path.join(workdir, "eval", png), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  forgetting = json.load(open(os.path.join(workdir, "eval", "forgetting.json")))
+  assert len(forgetting["teacher"]) == len(forgetting["steps"]) == 4 * t // (t // 8)
+
+
+def test_new_shifts_do_what_their_docs_say():
+  config = default.get_config()
+  assert shifts.apply(config, "new_task_class").stream.kind == "mlp_regression"
+  assert shifts.apply(config, "digits").stream.real_inputs == "digits"
+  assert shifts.apply(config, "mnist1d").stream.real_inputs == "mnist1d"
+  base = train.Experiment(config).setting.family
+  for name, check in [
+      ("teacher_prior", lambda f: f.learning_rate_range("sgd")[1] <= base.learning_rate_range(
+          "sgd")[0] + 1e-12),
+      ("out_of_family", lambda f: f.optimizers == ("adam",) and "adam" not in base.optimizers),
+  ]:
+    setting, _ = evaluate.shifted_setting(train.Experiment(config), name)
+    assert check(setting.family), name
+    hp = setting.family.sample(jax.random.key(0), 256)
+    if name == "teacher_prior":  # every sampled teacher is outside the training prior
+      assert float(np.max(hp["learning_rate"])) <= base.learning_rate_range("sgd")[0] * 1.0001
+  # Real inputs really are digits: their projection, not Gaussian draws.
+  setting, data = evaluate.shifted_setting(train.Experiment(config), "digits")
+  assert data is not None and data.x.shape[1] == config.stream.dim
+  with pytest.raises(shifts.NotApplicable, match="already 'dataset'"):
+    shifts.apply(digits.get_config(), "digits")
+  with pytest.raises(ValueError, match="unknown shift 'nope'"):
+    shifts.apply(config, "nope")
+
+
+def test_inspect_checkpoint_prints_and_exports(run, tmp_path):
+  workdir, _ = run
+  export = str(tmp_path / "meta.npz")
+  out = subprocess.run([sys.executable, "-m", "launch.inspect_checkpoint",
+                        f"--workdir={workdir}", "--compare", "--compare_steps=5",
+                        f"--export={export}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  text = out.stdout
+  assert "checkpoint step: 40" in text and '"val_nie/imitator"' in text
+  assert "imitator: " in text and "init/dense_0/w" in text and "(8, 1)" in text
+  assert "teacher:" in text and "context_only" in text
+  assert len([l for l in text.splitlines() if l.strip()[:1].isdigit() and "+" in l]) >= 5
+  arrays = np.load(export)
+  assert "imitator/init/dense_0/w" in arrays.files and arrays["imitator/init/dense_0/w"].shape == (8, 1)
+  bad = subprocess.run([sys.executable, "-m", "launch.inspect_checkpoint",
+                        f"--workdir={workdir}", "--step=7"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert bad.returncode == 2 and "--step=7" in bad.stderr and "[20, 40]" in bad.stderr
+
+
+def test_evaluate_command_refuses_an_unknown_shift(run):
+  workdir, _ = run
+  out = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}",
+                        "--shifts=none,typo"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2 and "'typo'" in out.stderr and "covariate_scale" in out.stderr
