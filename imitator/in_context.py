@@ -39,29 +39,38 @@ def alibi_slopes(n_heads: int):
   return jnp.asarray([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
 
 
-class SoftmaxAttention(nnx.Module):
-  """Multi-head softmax attention to earlier steps' keys, with a learned sink and ALiBi."""
+class _HeadProjections(nnx.Module):
+  """Per-head query, key, value and output maps: W_q, W_k, W_v [D, H, dh], W_o [H, dh, D]."""
 
-  def __init__(self, d: int, heads: int, rngs: nnx.Rngs):
-    dh = d // heads
+  def __init__(self, d: int, heads: int, dh: int, rngs: nnx.Rngs):
     init = nnx.initializers.normal(1.0 / math.sqrt(d))
     self.wq = nnx.Param(init(rngs.params(), (d, heads, dh)))
     self.wk = nnx.Param(init(rngs.params(), (d, heads, dh)))
     self.wv = nnx.Param(init(rngs.params(), (d, heads, dh)))
-    self.wo = nnx.Param(nnx.initializers.normal(1.0 / math.sqrt(d))(rngs.params(),
-                                                                    (heads, dh, d)))
-    self.sink_k = nnx.Param(jnp.zeros((heads, dh)))
-    self.sink_v = nnx.Param(jnp.zeros((heads, dh)))
+    self.wo = nnx.Param(init(rngs.params(), (heads, dh, d)))
+
+  def queries(self, h):
+    """h [N, D] -> q [N, H, dh]."""
+    return jnp.einsum("nd,dhk->nhk", h, self.wq[...])
 
   def keys_values(self, h):
     """h [..., D] -> k, v [..., H, dh]."""
     return (jnp.einsum("...d,dhk->...hk", h, self.wk[...]),
             jnp.einsum("...d,dhk->...hk", h, self.wv[...]))
 
+
+class SoftmaxAttention(_HeadProjections):
+  """Multi-head softmax attention to earlier steps' keys, with a learned sink and ALiBi."""
+
+  def __init__(self, d: int, heads: int, rngs: nnx.Rngs):
+    super().__init__(d, heads, d // heads, rngs)
+    self.sink_k = nnx.Param(jnp.zeros((heads, d // heads)))
+    self.sink_v = nnx.Param(jnp.zeros((heads, d // heads)))
+
   def __call__(self, h, steps, k, v, key_steps, window: int):
     """h [N, D] at `steps` [N] attends to k, v [M, H, dh] at `key_steps` [M] with
     step - window <= key_step < step; returns [N, D]."""
-    q = jnp.einsum("nd,dhk->nhk", h, self.wq[...])
+    q = self.queries(h)
     dh = q.shape[-1]
     dist = steps[:, None] - key_steps[None, :]
     allowed = (dist >= 1) & (dist <= window)
@@ -79,34 +88,24 @@ class SoftmaxAttention(nnx.Module):
     return jnp.einsum("nhk,hkd->nd", out, self.wo[...])
 
 
-class LinearSelfAttention(nnx.Module):
+class LinearSelfAttention(_HeadProjections):
   """out(t) = W_o sum_{s < t} gamma^(t-1-s) (W_q h_t . W_k h_s) W_v h_s, per head.
 
   With gamma = 1 and the weights of von Oswald et al. (2023) this is one gradient
-  step of in-context linear regression (tests/test_in_context.py).
+  step of in-context linear regression (tests/test_imitators.py).
   """
 
   def __init__(self, d: int, heads: int, rngs: nnx.Rngs, dh: int | None = None):
-    dh = dh or d // heads
-    init = nnx.initializers.normal(1.0 / math.sqrt(d))
-    self.wq = nnx.Param(init(rngs.params(), (d, heads, dh)))
-    self.wk = nnx.Param(init(rngs.params(), (d, heads, dh)))
-    self.wv = nnx.Param(init(rngs.params(), (d, heads, dh)))
-    self.wo = nnx.Param(nnx.initializers.normal(1.0 / math.sqrt(d))(rngs.params(),
-                                                                    (heads, dh, d)))
+    super().__init__(d, heads, dh or d // heads, rngs)
     self.decay_logit = nnx.Param(jnp.full((heads,), 4.0))  # gamma ~ 0.98 at init
 
   def gamma(self):
     return jax.nn.sigmoid(self.decay_logit[...])
 
-  def keys_values(self, h):
-    return (jnp.einsum("...d,dhk->...hk", h, self.wk[...]),
-            jnp.einsum("...d,dhk->...hk", h, self.wv[...]))
-
   def __call__(self, h, steps, k, v, key_steps, memory, memory_step):
     """h [N, D] at steps [N]; in-window keys k, v [M, H, dh] at key_steps [M]; memory
     [H, dh, dh] = sum of decayed k v^T over steps <= memory_step. Returns [N, D]."""
-    q = jnp.einsum("nd,dhk->nhk", h, self.wq[...])
+    q = self.queries(h)
     gamma = self.gamma()
     dist = (steps[:, None] - key_steps[None, :]).astype(jnp.float32)
     allowed = dist >= 1
