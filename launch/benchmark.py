@@ -10,6 +10,8 @@ Sections:
   roofline measured in the same run, and two PyTorch peers of the same learners
   (`launch.torch_peers`): `torch_batched` and `torch_loop` (cut by a time budget and
   extrapolated; the row says so).
+  `rollout_mixed` rolls a population of the `mixed` family (every network, optimizer
+  and regularizer) out in one jitted call.
 - `outer_step`: imitated teacher-steps/s of one jitted outer step, per imitator kind.
 - `horizon_scaling`: seconds per outer step and XLA's peak memory against the horizon,
   for full backpropagation, remat, and truncated windows.
@@ -29,6 +31,8 @@ import numpy as np
 from absl import flags
 
 from imitator import train
+from learners import family as family_lib
+from learners import rollout, streams
 from launch import cli, torch_peers
 from launch.configs import default, in_context, system_id
 
@@ -102,6 +106,27 @@ def rollout_rows(quick: bool, loop_budget: float):
     yield row
 
 
+def mixed_rollout_row(quick: bool):
+  """The `mixed` family (linear and MLP networks, three activations, four optimizers,
+  every regularizer, up to 2 inner steps) rolled out as one population in one call."""
+  P, W, horizon = (8, 16, 50) if quick else (256, 64, HORIZON)
+  fam = family_lib.from_config({"name": "mixed", "width": W}, "regression",
+                               (torch_peers.DIM,), 1)
+  spec = streams.StreamSpec(kind="mlp_regression", dim=torch_peers.DIM, horizon=horizon)
+
+  @jax.jit
+  def run(key):
+    k_h, k_s, k_i = jax.random.split(key, 3)
+    stream = jax.vmap(lambda k: streams.synthetic_stream(spec, k))(jax.random.split(k_s, P))
+    return rollout.population_rollout(fam, fam.sample(k_h, P), jax.random.split(k_i, P),
+                                      stream).behaviour
+
+  seconds, compile_s = _time(run, jax.random.key(0))
+  return {"name": "rollout_mixed", "population": P, "width": W, "batch": 1,
+          "horizon": horizon, "teacher_steps_per_s": P * horizon / seconds,
+          "seconds": seconds, "compile_s": compile_s}
+
+
 def _step_cost(config):
   """(seconds per outer step, peak MB) of a config's jitted outer step."""
   exp = train.Experiment(config)
@@ -163,7 +188,8 @@ def horizon_scaling_rows(quick: bool):
 
 def main(argv):
   del argv
-  sections = {"rollout": lambda: rollout_rows(_QUICK.value, _LOOP_BUDGET.value),
+  sections = {"rollout": lambda: [*rollout_rows(_QUICK.value, _LOOP_BUDGET.value),
+                                  mixed_rollout_row(_QUICK.value)],
               "outer_step": lambda: outer_step_rows(_QUICK.value),
               "horizon_scaling": lambda: horizon_scaling_rows(_QUICK.value)}
   unknown = sorted(set(_SECTIONS.value) - set(sections))
