@@ -127,7 +127,7 @@ def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family) -> li
       if est is not None:
         i = h // t_train - 1
         true = {f: np.asarray(ep.hparams[f]) for f in family_lib.CONTINUOUS
-                if family.prior(f).kind != "fixed" or f == "learning_rate"}
+                if f == "learning_rate" or family.prior(f).kind != "fixed"}
         extra["hparam_recovery"] = metrics.hparam_recovery(
             true, {f: np.asarray(est[f])[:, i] for f in true}, family.log_scale_fields())
       rows.append(row(names.get(name, name), shift, h, t_train, err, chance, **extra))

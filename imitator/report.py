@@ -61,7 +61,8 @@ def markdown(report: dict) -> str:
                 "| horizon | " + " | ".join(fields) + " |", "|" + "---|" * (len(fields) + 1)]
       for h in horizons:
         rec = by_h[h]["hparam_recovery"]
-        lines.append(f"| {h} | " + " | ".join(f"{rec[f]:.3g}" for f in fields) + " |")
+        lines.append(f"| {h} | " + " | ".join(
+            "n/a" if rec[f] is None else f"{rec[f]:.3g}" for f in fields) + " |")
     agree = [(name, by_h) for name, by_h in cells.items()
              if "argmax_agreement" in by_h[horizons[0]]]
     if agree:

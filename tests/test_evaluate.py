@@ -119,3 +119,30 @@ def test_evaluate_command_refuses_an_unknown_shift(run):
                         "--shifts=none,typo"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 2 and "'typo'" in out.stderr and "covariate_scale" in out.stderr
+
+
+def test_rows_with_hparam_estimates_and_markdown():
+  """A system_id-like output (estimates per horizon) through shift_rows and markdown."""
+  from imitator import episodes, report
+  from learners import family as family_lib
+  fam = family_lib.from_config({"name": "optimizers_linear"}, "regression", (3,), 1)
+  P, t = 4, 8
+  hp = fam.sample(jax.random.key(0), P)
+  rng = np.random.default_rng(0)
+  behaviour = rng.normal(size=(P, 2 * t, 1, 1)).astype(np.float32)
+  ep = episodes.Episodes(x=np.zeros((P, 2 * t, 1, 3)), y=behaviour + 0.1,
+                         task_id=np.zeros(2 * t), behaviour=behaviour,
+                         loss=np.ones((P, 2 * t)), hparams=hp,
+                         chance=behaviour + rng.normal(size=behaviour.shape))
+  est = {f: np.stack([np.asarray(v), 2 * np.asarray(v)], 1) for f, v in hp.items()}
+  outputs = {"imitator": (behaviour + 0.05, est, None), "frozen": (behaviour * 0, None, None)}
+  rows = evaluate.shift_rows("regression", {"imitator": "system_id/both"}, "none", t,
+                             [t, 2 * t], ep, outputs, fam)
+  by = {(r["imitator"], r["horizon"]): r for r in rows}
+  rec = by[("system_id/both", t)]["hparam_recovery"]
+  assert rec["learning_rate"] == pytest.approx(0.0, abs=1e-6)  # exact at horizon T
+  assert by[("system_id/both", 2 * t)]["hparam_recovery"]["learning_rate"] == pytest.approx(
+      np.log(2), rel=1e-5)  # estimates doubled by 2T
+  rec["momentum"] = None  # a figure that blew up is null in report.json
+  md = report.markdown({"t_train": t, "results": rows})
+  assert "hparam recovery of system_id/both" in md and "n/a" in md
