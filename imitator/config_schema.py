@@ -9,6 +9,7 @@ keys everywhere. Messages name the field, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any, Callable
 
 from learners import family as family_lib
@@ -116,12 +117,9 @@ def validate(config) -> None:
   if unknown:
     raise ValueError(f"unknown field(s) {unknown} in config.teacher; allowed: "
                      f"{list(family_lib.FIELDS)}.")
-  if config.train.tensorboard:
-    try:
-      import tensorboardX  # pylint: disable=import-outside-toplevel,unused-import
-    except ImportError:
-      raise ValueError("train.tensorboard=True needs tensorboardX: pip install -e "
-                       "'.[tensorboard]'.") from None
+  if config.train.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+    raise ValueError("train.tensorboard=True needs tensorboardX: pip install -e "
+                     "'.[tensorboard]'.")
   horizon = config.stream.horizon
   if config.train.truncation and horizon % config.train.truncation:
     raise ValueError(f"train.truncation={config.train.truncation} must divide "

@@ -12,7 +12,6 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from learners import config as learner_config
 from learners import family as family_lib

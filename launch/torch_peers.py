@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np

@@ -8,7 +8,6 @@ family static, and differentiable with respect to the continuous hyperparams.
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from learners import learner
 from learners.family import Family
