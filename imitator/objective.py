@@ -24,10 +24,10 @@ def init_states(imitator, meta, keys):
   return jax.vmap(imitator.init, in_axes=(None, 0))(meta, keys)
 
 
-def _windows(a, window):
-  """[P, n * window, ...] -> [n, P, window, ...]."""
-  n = a.shape[1] // window
-  return jnp.swapaxes(a.reshape((a.shape[0], n, window) + a.shape[2:]), 0, 1)
+def _window(arrays, start, window):
+  """Steps [start, start + window) of [P, T, ...] arrays, sliced in place (no copy of
+  the whole horizon, so memory stays bounded by the window)."""
+  return tuple(jax.lax.dynamic_slice_in_dim(a, start, window, axis=1) for a in arrays)
 
 
 def unroll(imitator, meta, keys, xs, ys, as_, window: int = 0):
@@ -42,11 +42,11 @@ def unroll(imitator, meta, keys, xs, ys, as_, window: int = 0):
   if window == horizon:
     return first
 
-  def body(states, w):
-    return _unroll_batch(imitator, meta, states, *w)
+  def body(states, start):
+    return _unroll_batch(imitator, meta, states, *_window((xs, ys, as_), start, window))
 
-  rest = lambda a: _windows(a[:, window:], window)
-  _, a_hat = jax.lax.scan(body, states, (rest(xs), rest(ys), rest(as_)))
+  starts = jnp.arange(1, horizon // window) * window
+  _, a_hat = jax.lax.scan(body, states, starts)
   a_hat = jnp.swapaxes(a_hat, 0, 1)
   a_hat = a_hat.reshape((a_hat.shape[0], horizon - window) + a_hat.shape[3:])
   return jnp.concatenate([first, a_hat], axis=1)
@@ -72,14 +72,12 @@ def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
   if n == 1:
     return loss, grads
 
-  windows = lambda a: _windows(a[:, window:], window)
-
-  def body(carry, w):
+  def body(carry, start):
     states, loss_sum, grad_sum = carry
     (l, states), g = jax.value_and_grad(window_loss, has_aux=True)(
-        meta, jax.lax.stop_gradient(states), *w)
+        meta, jax.lax.stop_gradient(states), *_window((xs, ys, as_), start, window))
     return (states, loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), None
 
   (_, loss, grads), _ = jax.lax.scan(body, (states, loss, grads),
-                                     (windows(xs), windows(ys), windows(as_)))
+                                     jnp.arange(1, n) * window)
   return loss / n, jax.tree.map(lambda g: g / n, grads)

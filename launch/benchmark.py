@@ -14,7 +14,8 @@ Sections:
   and regularizer) out in one jitted call.
 - `outer_step`: imitated teacher-steps/s of one jitted outer step, per imitator kind.
 - `horizon_scaling`: seconds per outer step and XLA's peak memory against the horizon,
-  for full backpropagation, remat, and truncated windows.
+  for full backpropagation, remat, and truncated windows; `episode_mb` is the part that
+  is the episode's own data (streams, behaviour), which grows with any window.
 FLOPs are counted analytically (`rollout_flops`); memory is the compiled step's buffer
 assignment (arguments + outputs + temporaries - donated aliases), XLA's own account of
 what the step needs at its peak.
@@ -27,9 +28,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import flags
 
-from imitator import train
+from imitator import episodes, train
 from learners import family as family_lib
 from learners import rollout, streams
 from launch import cli, torch_peers
@@ -166,6 +168,15 @@ def outer_step_rows(quick: bool):
            "imitated_steps_per_s": teachers * horizon / seconds, "peak_memory_mb": peak}
 
 
+def _episode_mb(config) -> float:
+  """Size of one step's episode arrays (streams, behaviour, teacher losses): data that
+  grows with the horizon whatever the objective's window."""
+  exp = train.Experiment(config)
+  ep = jax.eval_shape(lambda k: episodes.sample(exp.setting, exp.data, k,
+                                                config.train.teachers), jax.random.key(0))
+  return sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(ep)) / 2**20
+
+
 def horizon_scaling_rows(quick: bool):
   horizons = (16, 32) if quick else SCALING_HORIZONS
   kinds = {"gradient": default.get_config(), "in_context/recurrent":
@@ -182,7 +193,8 @@ def horizon_scaling_rows(quick: bool):
         seconds, peak = _step_cost(config)
         yield {"name": "horizon_scaling", "imitator": name, "horizon": horizon,
                "remat": mode, "truncation": config.train.truncation, "teachers": 8,
-               "seconds_per_step": seconds, "peak_memory_mb": peak}
+               "seconds_per_step": seconds, "peak_memory_mb": peak,
+               "episode_mb": _episode_mb(config)}
 
 
 def main(argv):

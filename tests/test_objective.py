@@ -1,0 +1,95 @@
+"""The imitation objective: windowed unrolls and truncated gradients against plain ones."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imitator import metrics, objective
+from imitator.gradient import GradientImitator
+from imitator.in_context import InContextImitator
+
+P, T, B = 3, 24, 2
+
+
+def _data():
+  k = jax.random.split(jax.random.key(0), 3)
+  xs = jax.random.normal(k[0], (P, T, B, 4))
+  ys = jax.random.normal(k[1], (P, T, B, 1))
+  as_ = jax.random.normal(k[2], (P, T, B, 1))
+  return jax.random.split(jax.random.key(1), P), xs, ys, as_
+
+
+def _imitators():
+  return {
+      "gradient": GradientImitator(task="regression", x_shape=(4,), out_dim=1, width=8,
+                                   adapt_steps=True),
+      "recurrent": InContextImitator(task="regression", x_shape=(4,), out_dim=1,
+                                     arch="recurrent", hidden=8, d_key=8, d_value=4,
+                                     n_heads=2, batch=B),
+      "transformer": InContextImitator(task="regression", x_shape=(4,), out_dim=1,
+                                       d_model=16, n_heads=2, n_layers=1, context=T,
+                                       batch=B),
+  }
+
+
+@pytest.mark.parametrize("name", ["gradient", "recurrent", "transformer"])
+def test_windowed_unroll_equals_the_whole_unroll(name):
+  im = _imitators()[name]
+  meta = im.init_meta(jax.random.key(2))
+  keys, xs, ys, as_ = _data()
+  whole = objective.unroll(im, meta, keys, xs, ys, as_)
+  windowed = objective.unroll(im, meta, keys, xs, ys, as_, window=6)
+  np.testing.assert_allclose(windowed, whole, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["gradient", "recurrent"])
+def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
+  im = _imitators()[name]
+  meta = im.init_meta(jax.random.key(2))
+  keys, xs, ys, as_ = _data()
+
+  # Whole horizon: the plain gradient of the mean imitation error.
+  def full(meta):
+    a_hat = objective.unroll(im, meta, keys, xs, ys, as_)
+    return metrics.step_error("regression", as_, a_hat).mean()
+
+  loss, grads = objective.loss_and_grads(im, meta, keys, xs, ys, as_)
+  np.testing.assert_allclose(loss, full(meta), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.grad(full)(meta))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+  # Windows of 8: a hand loop, each window's gradient taken with its start state fixed
+  # (except the first, whose start state is init(meta)), averaged over windows.
+  window = 8
+  states = jax.vmap(im.init, (None, 0))(meta, keys)
+  total_loss, total_grads = 0.0, None
+  for i in range(T // window):
+    sl = slice(i * window, (i + 1) * window)
+
+    def window_loss(meta, start):
+      s = jax.vmap(im.init, (None, 0))(meta, keys) if i == 0 else start
+      end, a_hat = jax.vmap(im.unroll, (None, 0, 0, 0, 0))(meta, s, xs[:, sl], ys[:, sl],
+                                                           as_[:, sl])
+      return metrics.step_error("regression", as_[:, sl], a_hat).mean(), end
+
+    (l, states), g = jax.value_and_grad(window_loss, has_aux=True)(meta, states)
+    total_loss += l
+    total_grads = g if total_grads is None else jax.tree.map(jnp.add, total_grads, g)
+  n = T // window
+  loss, grads = objective.loss_and_grads(im, meta, keys, xs, ys, as_, window=window)
+  np.testing.assert_allclose(loss, total_loss / n, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(total_grads)):
+    np.testing.assert_allclose(a, b / n, rtol=1e-4, atol=1e-7)
+  # Truncation really cuts: the windowed gradient differs from the whole-horizon one.
+  whole = jax.grad(full)(meta)
+  assert any(not np.allclose(a, b, rtol=1e-3) for a, b in
+             zip(jax.tree.leaves(grads), jax.tree.leaves(whole)))
+
+
+def test_window_must_divide_the_horizon():
+  im = _imitators()["gradient"]
+  keys, xs, ys, as_ = _data()
+  with pytest.raises(ValueError, match="must divide the horizon 24"):
+    objective.loss_and_grads(im, im.init_meta(jax.random.key(0)), keys, xs, ys, as_,
+                             window=7)
