@@ -9,7 +9,8 @@ Sections:
   P teachers of width W seeing B examples a step, its GFLOP/s against a float32 matmul
   roofline measured in the same run, and two PyTorch peers of the same learners
   (`launch.torch_peers`): `torch_batched` and `torch_loop` (cut by a time budget and
-  extrapolated; the row says so).
+  extrapolated; the row says so). `bandwidth_gbs` is an elementwise pass over 256 MB,
+  the memory side of the roofline.
   `rollout_mixed` rolls a population of the `mixed` family (every network, optimizer
   and regularizer) out in one jitted call.
 - `outer_step`: imitated teacher-steps/s of one jitted outer step, per imitator kind.
@@ -69,6 +70,13 @@ def matmul_roofline(n: int = 2048) -> float:
   return 2 * n**3 / seconds / 1e9
 
 
+def memory_bandwidth(n: int = 2**26) -> float:
+  """GB/s of a jitted elementwise pass over n float32 (one read and one write each)."""
+  a = jnp.ones((n,), jnp.float32)
+  seconds, _ = _time(jax.jit(lambda a: a * 1.5 + 1.0), a, repeats=5)
+  return 2 * 4 * n / seconds / 1e9
+
+
 def rollout_flops(P: int, W: int, B: int, horizon: int, d: int = torch_peers.DIM) -> float:
   """FLOPs of P one-hidden-layer teachers over `horizon` steps: forward 2B(dW + W),
   backward twice that, SGD update 2 per parameter (tanh and losses not counted)."""
@@ -79,6 +87,7 @@ def rollout_flops(P: int, W: int, B: int, horizon: int, d: int = torch_peers.DIM
 
 def rollout_rows(quick: bool, loop_budget: float):
   roofline = matmul_roofline(512 if quick else 2048)
+  bandwidth = memory_bandwidth(2**20 if quick else 2**26)
   sizes = [(P, W, B) for P in POPULATIONS for W in WIDTHS for B in BATCHES]
   horizon = HORIZON
   if quick:
@@ -90,7 +99,8 @@ def rollout_rows(quick: bool, loop_budget: float):
     row = {"name": "rollout", "population": P, "width": W, "batch": B, "horizon": horizon,
            "teacher_steps_per_s": rate,
            "gflops": rollout_flops(P, W, B, horizon) / jax_run["seconds"] / 1e9,
-           "roofline_gflops": roofline, "jax_compile_s": jax_run["compile_s"]}
+           "roofline_gflops": roofline, "bandwidth_gbs": bandwidth,
+           "jax_compile_s": jax_run["compile_s"]}
     try:
       batched = torch_peers.torch_batched(**problem.torch_inputs)
       loop = torch_peers.torch_loop(**problem.torch_inputs, time_budget_s=loop_budget)
