@@ -74,6 +74,11 @@ def nie_with_ci(err, chance, steps: slice, **kwargs):
 
 def windowed_nie(err, chance, width: int):
   """NIE over a trailing window of `width` steps ending at each step t: [T]."""
+  with np.errstate(invalid="ignore", over="ignore"):  # an imitation that blew up: inf/nan
+    return _windowed_nie(err, chance, width)
+
+
+def _windowed_nie(err, chance, width):
   e = np.cumsum(np.asarray(err, np.float64).mean(0))
   c = np.cumsum(np.asarray(chance, np.float64).mean(0))
   e = e - np.concatenate([np.zeros(width), e[:-width]])

@@ -50,7 +50,7 @@ def _train_cmd(workdir, *flags):
 
 
 def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
-  flags = ["--config.train.steps=3000", "--config.train.log_every=25",
+  flags = ["--config.train.steps=800", "--config.train.log_every=25",
            "--config.train.eval_every=1000", "--config.train.checkpoint_every=1000"]
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   killed = str(tmp_path / "killed")
@@ -66,7 +66,7 @@ def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
   assert proc.returncode == 0, out
   assert "run the same command again to resume" in out
   stopped = int(out.split("stopped at step ")[1].split(";")[0])
-  assert 0 < stopped < 3000
+  assert 0 < stopped < 800
   resumed = subprocess.run(_train_cmd(killed, *flags), cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
                          capture_output=True, text=True, timeout=600)
   assert whole.returncode == 0, whole.stderr[-2000:]
   config = default.get_config("smoke")
-  config.train.steps, config.train.log_every = 3000, 25
+  config.train.steps, config.train.log_every = 800, 25
   config.train.eval_every = config.train.checkpoint_every = 1000
   _assert_same(_latest(config, killed), _latest(config, straight))
   with open(metrics) as f1, open(os.path.join(straight, "metrics.jsonl")) as f2:
