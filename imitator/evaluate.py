@@ -9,6 +9,7 @@ The report schema is documented in README ("Report schema").
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -162,10 +163,9 @@ def held_out(config, setting, data, n: int, horizon: int | None = None):
 def shifted_setting(exp, shift: str, stream_npz: str | None = None):
   """(Setting, data) of a shift, or raises shifts.NotApplicable with the reason."""
   if shift == "npz":
-    cfg = _copy(exp.config)
+    cfg = copy.deepcopy(exp.config)
     cfg.stream.kind = "npz"
     cfg.stream.npz_path = stream_npz
-    cfg.stream.horizon = 1
     from learners import npz
     n = npz.load(stream_npz).x.shape[0] // cfg.stream.batch
     cfg.stream.horizon = max(n, 1)
@@ -180,11 +180,6 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
         f"{setting.family.out_dim} outputs; the imitators were trained on {base.task} "
         f"with {base.family.x_shape} and {base.family.out_dim}")
   return setting, data
-
-
-def _copy(config):
-  import copy
-  return copy.deepcopy(config)
 
 
 def run_battery(exp, meta, shift_names, stream_npz=None, log=print) -> dict:
@@ -229,7 +224,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print) -> dict:
 def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
   """Tasks A and B together, then A alone: the teacher's and each imitator's loss on
   held-out B examples over time, and the gap between the two curves."""
-  cfg = _copy(exp.config)
+  cfg = copy.deepcopy(exp.config)
   if cfg.stream.kind not in ("linear_regression", "mlp_regression",
                              "linear_classification", "mlp_classification"):
     raise shifts.NotApplicable(f"the A+B-then-A schedule needs a synthetic stream, not "

@@ -7,9 +7,7 @@ from imitator.gradient import GradientImitator
 from imitator.in_context import InContextImitator
 from imitator.system_id import SystemIdImitator
 
-
 KINDS = ("gradient", "in_context", "system_id")
-BASELINES = ("frozen", "context_only")
 
 
 def _network(setting: Setting, cfg):

@@ -82,3 +82,15 @@ def run(main) -> None:
       fail(str(e))
 
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def flat_arrays(tree, prefix: str = "") -> dict:
+  """{'prefix' + 'a/b/c': np.ndarray} for a nested dict of arrays (the flat names of
+  teacher dumps and meta-param exports)."""
+  import jax
+  import numpy as np
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    out[f"{prefix}{name}"] = np.asarray(leaf)
+  return out

@@ -31,19 +31,10 @@ _COMPARE_STEPS = flags.DEFINE_integer("compare_steps", 20, "Steps printed by --c
 _EXPORT = flags.DEFINE_string("export", None, "Write the meta-params to this .npz.")
 
 
-def flat(tree, prefix=""):
-  """{'a/b/c': np.ndarray} for a nested dict of arrays."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    out[f"{prefix}{name}"] = np.asarray(leaf)
-  return out
-
-
 def describe_tree(meta) -> str:
   lines = []
   for name, sub in meta.items():
-    arrays = flat(sub)
+    arrays = cli.flat_arrays(sub)
     total = sum(a.size for a in arrays.values())
     lines.append(f"{name}: {total:,} parameters")
     lines += [f"  {path:48s} {str(a.shape):>14s} {a.size:>8,}" for path, a in arrays.items()]
@@ -109,7 +100,7 @@ def main(argv):
   if _EXPORT.value:
     arrays = {}
     for name, sub in state.meta.items():
-      arrays.update(flat(sub, prefix=f"{name}/"))
+      arrays.update(cli.flat_arrays(sub, prefix=f"{name}/"))
     with open(_EXPORT.value, "wb") as f:
       np.savez(f, **arrays)
     print(f"\nwrote {len(arrays)} arrays to {_EXPORT.value}")

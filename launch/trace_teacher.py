@@ -32,15 +32,6 @@ _INDEX = flags.DEFINE_integer("index", 0, "Which teacher of the seed's sequence.
 FORMAT_VERSION = 1
 
 
-def _flat(prefix, tree):
-  """{'prefix/a/b': array} for a nested dict of arrays."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    out[f"{prefix}/{name}"] = np.asarray(leaf)
-  return out
-
-
 def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
   """The dump's arrays for one teacher (see README, "Teacher dump")."""
   if stream_npz:
@@ -72,8 +63,8 @@ def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
   out = {"x": stream.x, "y": stream.y, "task_id": stream.task_id,
          "behaviour": traj.behaviour, "loss": traj.loss}
   out = {k: np.asarray(v) for k, v in out.items()}
-  out.update(_flat("hparams", hp))
-  out.update(_flat("init_params", init.params))
+  out.update(cli.flat_arrays(hp, "hparams/"))
+  out.update(cli.flat_arrays(init.params, "init_params/"))
   out["description"] = np.asarray(json.dumps(description))
   return out
 
