@@ -50,7 +50,9 @@ def setting_from_config(config) -> tuple[Setting, Any]:
 
 class Episodes(NamedTuple):
   """A batch of n teachers: stream arrays [n, T, B, ...], behaviour [n, T, B, out],
-  teacher loss [n, T], hparams {field: [n]}, and the chance teachers' behaviour."""
+  teacher loss [n, T], hparams {field: [n]}, the chance teachers' behaviour, and the
+  teachers' init keys [n] (for reference learners that share a teacher's hparams or
+  weights; never for imitators)."""
 
   x: jax.Array
   y: jax.Array
@@ -59,6 +61,7 @@ class Episodes(NamedTuple):
   loss: jax.Array
   hparams: Any
   chance: Any = None
+  init_keys: Any = None
 
 
 def teachers(setting: Setting, key, n: int):
@@ -86,4 +89,4 @@ def sample(setting: Setting, data, key, n: int, chance: bool = False,
     chance_behaviour = rollout.population_rollout(setting.family, hp_c, keys_c,
                                                   stream).behaviour
   return Episodes(stream.x, stream.y, stream.task_id, traj.behaviour, traj.loss, hp,
-                  chance_behaviour)
+                  chance_behaviour, init_keys)

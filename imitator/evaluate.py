@@ -3,15 +3,24 @@ forgetting experiment, report.json / report.md / plots.
 
 Held-out teachers come from `config.eval.seed` (folded with 2; validation uses 1), never
 from the training key stream. Every imitator of a checkpoint (the trained kind and the
-baselines) runs on the same teachers and streams; `oracle` is the teacher itself.
+baselines) runs on the same teachers and streams, beside reference rows: `oracle` (the
+teacher itself), `untrained` (the trained kind at its initial meta-params),
+`known_hparams` (the family's learner with the teacher's hyperparams, fresh weights) and
+`twin` (the teacher's hyperparams and weights, its own random draws). References may read
+a teacher's hyperparams and init key; imitators never do. Teachers whose behaviour (or
+chance teacher's) blows up are excluded from a shift's figures and counted.
 The report schema is documented in README ("Report schema").
 """
 
 from __future__ import annotations
 
+import collections
 import copy
+import functools
 import json
+import math
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +28,62 @@ import numpy as np
 
 from imitator import checkpoint, episodes, kinds, metrics, objective, parallel
 from learners import family as family_lib
-from learners import rollout, shifts, streams
+from learners import learner, networks, rollout, shifts, streams
 
 ORACLE = "oracle"
+UNTRAINED, KNOWN_HPARAMS, TWIN = "untrained", "known_hparams", "twin"
+REFERENCES = (UNTRAINED, KNOWN_HPARAMS, TWIN)
+BASELINES = ("frozen", "context_only")
+VERSUS = BASELINES + (UNTRAINED, KNOWN_HPARAMS)  # what the trained imitator is paired with
 HORIZON_MULTIPLES = (1, 2, 4, 8, 16)
 DIVERGENCE_EPS = (0.1, 0.25)
 BATTERY = ("none",) + tuple(shifts.SHIFTS)
+# Behaviour beyond this (or non-finite) is a learner that blew up: such teachers leave a
+# shift's figures, such imitator predictions get a note.
+BLOWN_UP = 1e6
+PLOT_POINTS = 100  # log-spaced steps of the NIE curves in nie.png
+# What identifies a row or a comparison when a report is merged into report.json.
+ROW_KEY = ("imitator", "shift", "strength", "horizon")
+COMPARISON_KEY = ("imitator", "versus", "shift", "strength", "horizon")
+
+
+class Sweep(NamedTuple):
+  strengths: tuple
+  log_x: bool  # plotted on a log axis: the strength is a factor, or spans decades
+
+
+DEFAULT_SWEEPS = {
+    "covariate_scale": Sweep((0.25, 0.5, 1.0, 2.0, 4.0, 8.0), True),
+    "skewed_covariance": Sweep((0.5, 0.75, 1.0, 1.5, 2.5, 4.0), False),
+    "fast_switching": Sweep((2.0, 3.0, 4.0, 6.0, 10.0, 16.0), True),
+    "drift": Sweep((0.01, 0.02, 0.04, 0.08, 0.15, 0.3), True),
+    "label_noise": Sweep((0.1, 0.15, 0.25, 0.4, 0.6, 0.9), False),
+    "teacher_prior": Sweep((3.0, 6.0, 12.0, 25.0, 50.0, 100.0), True),
+}
+
+
+def parse_sweep(text: str) -> tuple[str, tuple]:
+  """A --sweep value, 'SHIFT' (its default strengths) or 'SHIFT:s1,s2,...', as
+  (shift, sorted strengths); ValueError naming the flag if it is not one."""
+  name, _, values = (part.strip() for part in text.partition(":"))
+  if name not in DEFAULT_SWEEPS:
+    why = "has no strength to sweep" if name in shifts.SHIFTS else "is not a shift"
+    raise ValueError(f"--sweep={text}: {name!r} {why}; allowed: {list(DEFAULT_SWEEPS)}, "
+                     "as SHIFT or SHIFT:s1,s2,...")
+  sweep = DEFAULT_SWEEPS[name]
+  if not values:
+    return name, sweep.strengths
+  allowed = "numbers > 0" if sweep.log_x else "numbers >= 0"
+  example = ",".join(f"{s:g}" for s in sweep.strengths)
+  try:
+    strengths = [float(v) for v in values.split(",") if v.strip()]
+  except ValueError:
+    strengths = []
+  if not strengths or any(not math.isfinite(s) or s < 0 or (sweep.log_x and s == 0)
+                          for s in strengths):
+    raise ValueError(f"--sweep={text}: strengths {values!r}; allowed: {allowed}, "
+                     f"comma-separated, e.g. {name}:{example}.")
+  return name, tuple(sorted(set(strengths)))
 
 
 # --------------------------------------------------------------------------- unrolls
@@ -88,14 +147,56 @@ def imitate(im, meta, keys, xs, ys, as_, chunk: int, probes=None):
   return jax.vmap(one)(keys, xs, ys, as_, probes)
 
 
+# --------------------------------------------------------------------------- references
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def reference_behaviours(family, hparams, init_keys, x, y) -> dict:
+  """Behaviour [P, T, B, out] of the reference learners on teachers' streams x, y
+  [P, T, B, ...], given the teachers' hparams {field: [P]} and init keys [P]:
+  `known_hparams` (the teacher's hparams; weights from an independent key with the
+  readout zeroed; its own draws) and `twin` (hparams and initial weights of the teacher;
+  its own draws for replay, reservoir and shrink-and-perturb). Each predicts before it
+  updates, on the labels only."""
+
+  def run(hp, state, xs, ys):
+    _, (behaviour, _) = jax.lax.scan(lambda s, xy: learner.step(family, hp, s, *xy),
+                                     state, (xs, ys))
+    return behaviour
+
+  def known(hp, key, xs, ys):
+    key = jax.random.fold_in(key, 1)  # never the teacher's own key split
+    params = {kind: networks.zero_readout(p)
+              for kind, p in learner.init(family, hp, key).params.items()}
+    # `params` also sets the anchor, for families that have one.
+    return run(hp, learner.init(family, hp, key, params=params), xs, ys)
+
+  def twin(hp, key, xs, ys):
+    state = learner.init(family, hp, key)
+    return run(hp, state._replace(key=jax.random.fold_in(state.key, 1)), xs, ys)
+
+  return {KNOWN_HPARAMS: jax.vmap(known)(hparams, init_keys, x, y),
+          TWIN: jax.vmap(twin)(hparams, init_keys, x, y)}
+
+
+def with_untrained(exp, meta) -> tuple[dict, dict]:
+  """(imitators, meta-params) with `untrained`: the configured kind at the initial
+  meta-params training starts from (Experiment.init_state's own draw)."""
+  imitators = dict(exp.imitators, **{UNTRAINED: exp.imitators["imitator"]})
+  return imitators, dict(meta, **{UNTRAINED: exp.init_state().meta["imitator"]})
+
+
 # --------------------------------------------------------------------------- rows
 
 
-def row(name: str, shift: str, horizon: int, t_train: int, err, chance, **extra) -> dict:
-  """One report row: NIE over the last t_train steps before `horizon`, CI over teachers."""
+def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength=None,
+        excluded: int = 0, **extra) -> dict:
+  """One report row: NIE over the last t_train steps before `horizon`, CI over the
+  teachers of err, chance [P, T]; `excluded` teachers were left out (they blew up)."""
   nie, ci = metrics.nie_with_ci(err, chance, metrics.window(horizon, t_train))
-  return {"imitator": name, "shift": shift, "horizon": horizon, "nie": nie,
-          "nie_ci": list(ci), "n_teachers": int(np.asarray(err).shape[0]), **extra}
+  return {"imitator": name, "shift": shift, "strength": strength, "horizon": horizon,
+          "nie": nie, "nie_ci": list(ci), "n_teachers": int(np.asarray(err).shape[0]),
+          "n_teachers_excluded": int(excluded), **extra}
 
 
 def _divergence(err, chance, t_train):
@@ -106,22 +207,73 @@ def _divergence(err, chance, t_train):
   return out
 
 
-def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family) -> list:
-  """Rows of one shift: every imitator (and the oracle) at every horizon."""
-  chance = np.asarray(metrics.step_error(task, ep.behaviour, ep.chance))
+def _identification(err, chance, t_train) -> dict:
+  """The identification fields of every row of one imitator and shift (err, chance over
+  the whole evaluated stream)."""
+  step, multiple = metrics.identification_step(err, chance, t_train, t_train)
+  median, median_multiple, fraction = metrics.identification_step_median(
+      err, chance, t_train, t_train)
+  return {"identification_step": {"step": step, "t_train_multiple": multiple},
+          "identification_step_median": {"step": median,
+                                         "t_train_multiple": median_multiple},
+          "identified_fraction": fraction}
+
+
+def _blown_up(a, axes):
+  """Where behaviour [P, ...] is non-finite or beyond BLOWN_UP anywhere over `axes`."""
+  a = np.asarray(a)
+  return ~np.all(np.isfinite(a) & (np.abs(a) <= BLOWN_UP), axis=axes)
+
+
+def usable_teachers(ep: episodes.Episodes):
+  """[P] bool: teachers whose behaviour and chance teacher's stay finite and below
+  BLOWN_UP over the whole stream (SGD can diverge under strong shifts)."""
+  axes = tuple(range(1, np.ndim(ep.behaviour)))
+  return ~(_blown_up(ep.behaviour, axes) | _blown_up(ep.chance, axes))
+
+
+def select_teachers(ep: episodes.Episodes, outputs: dict, keep):
+  """The episodes (without init keys) and imitator outputs of the teachers in `keep`."""
+  take = lambda tree: jax.tree.map(lambda a: np.asarray(a)[keep], tree)
+  return take(ep._replace(init_keys=None)), {
+      name: (take(a_hat), take(est), take(probe)) for name, (a_hat, est, probe) in
+      outputs.items()}
+
+
+def errors(task, ep, outputs, names) -> tuple[dict, np.ndarray]:
+  """({name in reports: err [P, T]}, chance err [P, T])."""
+  errs = {names.get(k, k): np.asarray(metrics.step_error(task, ep.behaviour, o[0]))
+          for k, o in outputs.items()}
+  return errs, np.asarray(metrics.step_error(task, ep.behaviour, ep.chance))
+
+
+def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family, strength=None,
+               excluded: int = 0) -> list:
+  """Rows of one shift: every imitator and reference (and the oracle) at every horizon.
+  `outputs` {name: (a_hat [P, T, B, out], estimates or None, probes)}; ep holds the
+  teachers used, `excluded` counts those left out."""
+  errs, chance = errors(task, ep, outputs, names)
   teacher_loss = np.asarray(ep.loss)
+  common = dict(strength=strength, excluded=excluded)
+  axes = tuple(range(1, np.ndim(ep.behaviour)))
   rows = []
   for name, (a_hat, est, _) in outputs.items():
-    err = np.asarray(metrics.step_error(task, ep.behaviour, a_hat))
+    label = names.get(name, name)
+    err = errs[label]
     own_loss = np.asarray(metrics.task_loss(task, a_hat, ep.y))
     agree = (np.asarray(metrics.argmax_agreement(ep.behaviour, a_hat))
              if task == "classification" else None)
-    divergence = _divergence(err, chance, t_train)
+    per_shift = {"horizon_to_divergence": _divergence(err, chance, t_train),
+                 **_identification(err, chance, t_train)}
+    blown = int(_blown_up(a_hat, axes).sum())
+    if blown:
+      per_shift["note"] = (f"predictions non-finite or beyond {BLOWN_UP:g} for {blown} of "
+                           f"{err.shape[0]} teachers")
     for h in horizons:
       steps = metrics.window(h, t_train)
-      gap, gap_ci = metrics.task_gap(teacher_loss, own_loss, steps)
-      extra = {"horizon_to_divergence": divergence, "task_gap": gap,
-               "task_gap_ci": list(gap_ci)}
+      with np.errstate(invalid="ignore", over="ignore"):
+        gap, gap_ci = metrics.task_gap(teacher_loss, own_loss, steps)
+      extra = {**per_shift, "task_gap": gap, "task_gap_ci": list(gap_ci)}
       if agree is not None:
         extra["argmax_agreement"] = float(agree[:, steps].mean())
       if est is not None:
@@ -130,13 +282,33 @@ def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family) -> li
                 if f == "learning_rate" or family.prior(f).kind != "fixed"}
         extra["hparam_recovery"] = metrics.hparam_recovery(
             true, {f: np.asarray(est[f])[:, i] for f in true}, family.log_scale_fields())
-      rows.append(row(names.get(name, name), shift, h, t_train, err, chance, **extra))
+      rows.append(row(label, shift, h, t_train, err, chance, **common, **extra))
   zeros = np.zeros_like(chance)
   for h in horizons:
-    rows.append(row(ORACLE, shift, h, t_train, zeros, chance,
+    rows.append(row(ORACLE, shift, h, t_train, zeros, chance, **common,
                     horizon_to_divergence=_divergence(zeros, chance, t_train),
+                    **_identification(zeros, chance, t_train),
                     task_gap=0.0, task_gap_ci=[0.0, 0.0]))
   return rows
+
+
+def comparisons(label: str, errs: dict, chance, shift, t_train, horizons,
+                strength=None) -> list:
+  """The trained imitator `label` paired with each of VERSUS present in errs {name:
+  err [P, T]}, at every horizon (metrics.paired_comparison)."""
+  return [{"shift": shift, "strength": strength, "horizon": h, "imitator": label,
+           "versus": versus, **metrics.paired_comparison(
+               errs[label], errs[versus], chance, metrics.window(h, t_train))}
+          for versus in VERSUS if versus in errs for h in horizons]
+
+
+def nie_curves(errs: dict, chance, t_train: int, points: int = PLOT_POINTS) -> dict:
+  """{name: {"steps", "nie", "lo", "hi"}}: the NIE over the trailing t_train steps at
+  ~`points` log-spaced steps, with its 95% band over teachers."""
+  steps = np.unique(np.geomspace(1, chance.shape[1], points).round().astype(int))
+  return {name: dict(zip(("nie", "lo", "hi"),
+                         metrics.windowed_nie_band(err, chance, t_train, steps)),
+                     steps=steps) for name, err in errs.items()}
 
 
 # --------------------------------------------------------------------------- battery
@@ -182,43 +354,59 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
   return setting, data
 
 
-def run_battery(exp, meta, shift_names, stream_npz=None, log=print) -> dict:
-  """Every imitator of `meta` on every shift and horizon: {"results", "skipped",
-  "curves"} (curves: windowed NIE per shift and imitator, for plots)."""
+def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None) -> dict:
+  """Every imitator of `meta` and every reference on every shift and horizon, and on
+  every strength of `sweeps` {shift: strengths}: {"results", "comparisons", "skipped",
+  "curves"} (curves: `nie_curves` per unswept shift, for plots)."""
   t = exp.setting.t
   n = exp.config.eval.teachers
-  names = {"imitator": kinds.label(exp.config)}
-  results, skipped, curves = [], [], {}
+  label = kinds.label(exp.config)
+  names = {"imitator": label}
+  results, comps, skipped, curves = [], [], [], {}
+  imitators, metas = with_untrained(exp, meta)
   keys = jax.random.split(jax.random.key(0), n)
   run = jax.jit(lambda meta, x, y, a: {
       name: imitate(im, meta[name], keys, x, y, a, chunk=_divisor(t, x.shape[1]) or
                     x.shape[1])
-      for name, im in exp.imitators.items()})
-  for shift in shift_names:
+      for name, im in imitators.items()})
+  entries = [(s, None) for s in shift_names] + [
+      (s, v) for s, strengths in (sweeps or {}).items() for v in strengths]
+  for shift, strength in entries:
+    where = shift if strength is None else f"{shift} at strength {strength:g}"
     try:
-      setting, data = shifted_setting(exp, shift, stream_npz)
+      setting, data = shifted_setting(
+          exp, shift if strength is None else f"{shift}:{strength!r}", stream_npz)
     except shifts.NotApplicable as e:
-      skipped.append({"shift": shift, "reason": str(e)})
-      log(f"shift {shift}: skipped ({e})")
+      skipped.append({"shift": shift, "strength": strength, "reason": str(e)})
+      log(f"shift {where}: skipped ({e})")
       continue
     horizon = t * HORIZON_MULTIPLES[-1]
     if shift == "npz":
       horizon = setting.t - setting.t % t if setting.t >= t else setting.t
     ep = held_out(exp.config, setting, data, n, horizon)
-    outputs = run(meta, ep.x, ep.y, ep.behaviour)
+    outputs = run(metas, ep.x, ep.y, ep.behaviour)
+    outputs.update({k: (a, None, None) for k, a in reference_behaviours(
+        setting.family, ep.hparams, ep.init_keys, ep.x, ep.y).items()})
+    keep = usable_teachers(ep)
+    if not keep.any():
+      reason = f"all {n} held-out teachers blew up (behaviour non-finite or beyond {BLOWN_UP:g})"
+      skipped.append({"shift": shift, "strength": strength, "reason": reason})
+      log(f"shift {where}: skipped ({reason})")
+      continue
+    ep, outputs = select_teachers(ep, outputs, keep)
     horizons = [m * t for m in HORIZON_MULTIPLES if m * t <= horizon] or [horizon]
-    rows = shift_rows(setting.task, names, shift, t, horizons, ep, outputs, setting.family)
+    rows = shift_rows(setting.task, names, shift, t, horizons, ep, outputs, setting.family,
+                      strength=strength, excluded=int(n - keep.sum()))
     results += rows
-    chance = metrics.step_error(setting.task, ep.behaviour, ep.chance)
-    curves[shift] = {
-        names.get(k, k): metrics.windowed_nie(
-            metrics.step_error(setting.task, ep.behaviour, o[0]), chance, max(t // 8, 1))
-        for k, o in outputs.items()}
-    best = min((r for r in rows if r["horizon"] == horizons[-1] and r["imitator"] != ORACLE),
-               key=lambda r: r["nie"])
-    log(f"shift {shift}: NIE at {horizons[-1]} steps, best {best['imitator']} "
-        f"{best['nie']:.3f}")
-  return {"results": results, "skipped": skipped, "curves": curves}
+    errs, chance = errors(setting.task, ep, outputs, names)
+    comps += comparisons(label, errs, chance, shift, t, horizons, strength)
+    if strength is None:
+      curves[shift] = nie_curves(errs, chance, t)
+    best = min((r for r in rows if r["horizon"] == horizons[-1] and r["imitator"] not in
+                (ORACLE,) + REFERENCES), key=lambda r: r["nie"])
+    log(f"shift {where}: NIE at {horizons[-1]} steps, best {best['imitator']} "
+        f"{best['nie']:.3f} ({n - int(keep.sum())} of {n} teachers excluded)")
+  return {"results": results, "comparisons": comps, "skipped": skipped, "curves": curves}
 
 
 def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
@@ -268,7 +456,8 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
     gap, ci = metrics.forgetting_gap(teacher_curve, curve)
     label = names.get(name, name)
     result["imitators"][label] = curve.mean(0).tolist()
-    result["rows"].append({"imitator": label, "shift": "forgetting", "horizon": 4 * t,
+    result["rows"].append({"imitator": label, "shift": "forgetting", "strength": None,
+                           "horizon": 4 * t,
                            "forgetting_gap": gap, "forgetting_gap_ci": list(ci),
                            "n_teachers": n})
     log(f"forgetting: {label} gap {gap:.4f}")
@@ -278,8 +467,10 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
 # --------------------------------------------------------------------------- files
 
 
-def _merge_rows(old: list, new: list) -> list:
-  key = lambda r: (r["imitator"], r["shift"], r["horizon"])
+def _merge(old: list, new: list, fields: tuple) -> list:
+  """old entries whose `fields` no new entry has, then the new ones (a missing field,
+  as in reports written before it existed, counts as null)."""
+  key = lambda r: tuple(r.get(f) for f in fields)
   fresh = {key(r) for r in new}
   return [r for r in old if key(r) not in fresh] + new
 
@@ -295,9 +486,25 @@ def _finite(value):
   return value
 
 
-def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = None):
-  """Merges rows into workdir/eval/report.json (same imitator, shift and horizon are
-  replaced) and rewrites report.md."""
+def breaking_points(results: list, t_train: int) -> list:
+  """For every imitator and swept shift: the smallest swept strength whose NIE at
+  16 x T_train exceeds metrics.IDENTIFIED_NIE (metrics.breaking_strength)."""
+  horizon = HORIZON_MULTIPLES[-1] * t_train
+  swept = collections.defaultdict(dict)
+  for r in results:
+    if r.get("strength") is not None and r["horizon"] == horizon and r["imitator"] != ORACLE:
+      swept[(r["imitator"], r["shift"])][r["strength"]] = r["nie"]
+  return [{"imitator": name, "shift": shift,
+           "breaking_strength": metrics.breaking_strength(list(nies), list(nies.values())),
+           "swept": sorted(nies), "horizon": horizon}
+          for (name, shift), nies in swept.items()]
+
+
+def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = None,
+                 comparisons: list | None = None):
+  """Merges rows (by imitator, shift, strength and horizon) and comparisons into
+  workdir/eval/report.json, keeping everything else it holds; recomputes the breaking
+  points and rewrites report.md."""
   path = os.path.join(workdir, "eval", "report.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   report = {"t_train": t_train, "results": []}
@@ -305,7 +512,10 @@ def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = 
     with open(path) as f:
       report = json.load(f)
   report["t_train"] = t_train
-  report["results"] = _merge_rows(report["results"], [_finite(r) for r in rows])
+  report["results"] = _merge(report["results"], [_finite(r) for r in rows], ROW_KEY)
+  report["comparisons"] = _merge(report.get("comparisons", []),
+                                 [_finite(c) for c in comparisons or []], COMPARISON_KEY)
+  report["breaking_points"] = breaking_points(report["results"], t_train)
   if skipped is not None:
     report["skipped"] = skipped
   if not parallel.is_primary():
@@ -319,24 +529,38 @@ def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = 
 
 
 def final_report(exp, workdir: str) -> dict:
-  """End of training: the best checkpoint at the training horizon, shift none."""
+  """End of training: the best checkpoint at the training horizon, shift none, with the
+  references and the paired comparisons."""
   meta = restore_meta(exp, workdir)
   t = exp.setting.t
-  ep = held_out(exp.config, exp.setting, exp.data, exp.config.eval.teachers)
-  errs, chance = errors_fn(exp.imitators, exp.setting, ep, exp.config.eval.window)(meta)
-  names = {"imitator": kinds.label(exp.config)}
-  rows = [row(names.get(k, k), "none", t, t, e, chance) for k, e in errs.items()]
-  rows.append(row(ORACLE, "none", t, t, np.zeros_like(np.asarray(chance)), chance))
-  return write_report(workdir, t, rows)
+  n = exp.config.eval.teachers
+  ep = held_out(exp.config, exp.setting, exp.data, n)
+  imitators, metas = with_untrained(exp, meta)
+  errs, chance = errors_fn(imitators, exp.setting, ep, exp.config.eval.window)(metas)
+  refs = reference_behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
+  errs.update({k: metrics.step_error(exp.setting.task, ep.behaviour, a)
+               for k, a in refs.items()})
+  keep = usable_teachers(ep)
+  label = kinds.label(exp.config)
+  errs = {label if k == "imitator" else k: np.asarray(e)[keep] for k, e in errs.items()}
+  chance = np.asarray(chance)[keep]
+  excluded = int(n - keep.sum())
+  rows = [row(name, "none", t, t, e, chance, excluded=excluded,
+              **_identification(e, chance, t)) for name, e in errs.items()]
+  zeros = np.zeros_like(chance)
+  rows.append(row(ORACLE, "none", t, t, zeros, chance, excluded=excluded,
+                  **_identification(zeros, chance, t)))
+  return write_report(workdir, t, rows,
+                      comparisons=comparisons(label, errs, chance, "none", t, [t]))
 
 
 def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
-             with_forgetting: bool = True, log=print) -> dict:
-  """The battery on the best checkpoint of `workdir`: report.json rows, report.md and
-  plots under workdir/eval."""
+             with_forgetting: bool = True, log=print, sweeps=None) -> dict:
+  """The battery (and the strength sweeps {shift: strengths}) on the best checkpoint of
+  `workdir`: report.json rows, report.md and plots under workdir/eval."""
   from imitator import report as report_lib
   meta = restore_meta(exp, workdir)
-  battery = run_battery(exp, meta, shift_names, stream_npz, log)
+  battery = run_battery(exp, meta, shift_names, stream_npz, log, sweeps)
   rows, skipped = battery["results"], battery["skipped"]
   forget = None
   if with_forgetting:
@@ -344,13 +568,20 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
       forget = forgetting(exp, meta, log=log)
       rows = rows + forget["rows"]
     except shifts.NotApplicable as e:
-      skipped = skipped + [{"shift": "forgetting", "reason": str(e)}]
-  report = write_report(workdir, exp.setting.t, rows, skipped)
+      skipped = skipped + [{"shift": "forgetting", "strength": None, "reason": str(e)}]
+  t = exp.setting.t
+  report = write_report(workdir, t, rows, skipped, battery["comparisons"])
+  if not parallel.is_primary():
+    return report
   eval_dir = os.path.join(workdir, "eval")
-  report_lib.plot_nie(battery["curves"], exp.setting.t, os.path.join(eval_dir, "nie.png"))
+  if battery["curves"]:
+    report_lib.plot_nie(battery["curves"], t, os.path.join(eval_dir, "nie.png"),
+                        metrics.IDENTIFIED_NIE)
+  for shift in sorted({r["shift"] for r in report["results"] if r.get("strength") is not None}):
+    report_lib.plot_sweep(report, shift, DEFAULT_SWEEPS[shift].log_x,
+                          os.path.join(eval_dir, f"sweep_{shift}.png"), metrics.IDENTIFIED_NIE)
   if forget is not None:
-    report_lib.plot_forgetting(forget, exp.setting.t, os.path.join(eval_dir,
-                                                                   "forgetting.png"))
+    report_lib.plot_forgetting(forget, t, os.path.join(eval_dir, "forgetting.png"))
     with open(os.path.join(eval_dir, "forgetting.json"), "w") as f:
       json.dump({k: v for k, v in forget.items() if k != "rows"}, f)
   return report

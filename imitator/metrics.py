@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 _LOG_FLOOR = 1e-12
+# NIE at or below which a teacher counts as identified; a shift strength breaks an
+# imitator when its NIE at the longest horizon exceeds it.
+IDENTIFIED_NIE = 0.25
 
 
 def divergence(task: str, a, a_hat):
@@ -53,15 +56,27 @@ def nie(err, chance) -> float:
   return float(np.mean(err) / np.mean(chance))
 
 
+def _resamples(n_teachers: int, n_boot: int, seed: int):
+  """Teacher indices of the bootstrap draws [n_boot, P] (the same for every figure of a
+  seed, so figures over the same teachers are paired)."""
+  return np.random.default_rng(seed).integers(0, n_teachers, size=(n_boot, n_teachers))
+
+
+def _quantiles(stats, level: float):
+  """(lo, hi) percentiles over the first axis of bootstrap statistics."""
+  with np.errstate(invalid="ignore"):
+    return np.quantile(stats, [(1 - level) / 2, (1 + level) / 2], axis=0)
+
+
 def bootstrap_ci(per_teacher_num, per_teacher_den=None, n_boot: int = 1000,
                  level: float = 0.95, seed: int = 0):
   """Percentile CI of mean(num)/mean(den) (or of mean(num)) over teachers [P]."""
   num = np.asarray(per_teacher_num, np.float64)
   den = None if per_teacher_den is None else np.asarray(per_teacher_den, np.float64)
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, num.shape[0], size=(n_boot, num.shape[0]))
-  stats = num[idx].mean(1) if den is None else num[idx].mean(1) / den[idx].mean(1)
-  lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+  idx = _resamples(num.shape[0], n_boot, seed)
+  with np.errstate(invalid="ignore", over="ignore"):
+    stats = num[idx].mean(1) if den is None else num[idx].mean(1) / den[idx].mean(1)
+  lo, hi = _quantiles(stats, level)
   return float(lo), float(hi)
 
 
@@ -72,18 +87,36 @@ def nie_with_ci(err, chance, steps: slice, **kwargs):
   return float(e.mean() / c.mean()), bootstrap_ci(e, c, **kwargs)
 
 
+def trailing_sums(values, width: int):
+  """Sums over the trailing `width` steps ending at each step, along the last axis
+  [..., T] -> [..., T]; the first windows hold the steps so far."""
+  v = np.cumsum(np.asarray(values, np.float64), axis=-1)
+  shifted = np.concatenate([np.zeros(v.shape[:-1] + (min(width, v.shape[-1]),)),
+                            v[..., :-width]], axis=-1)
+  return v - shifted
+
+
 def windowed_nie(err, chance, width: int):
   """NIE over a trailing window of `width` steps ending at each step t: [T]."""
   with np.errstate(invalid="ignore", over="ignore"):  # an imitation that blew up: inf/nan
-    return _windowed_nie(err, chance, width)
+    return (trailing_sums(np.asarray(err, np.float64).mean(0), width)
+            / trailing_sums(np.asarray(chance, np.float64).mean(0), width))
 
 
-def _windowed_nie(err, chance, width):
-  e = np.cumsum(np.asarray(err, np.float64).mean(0))
-  c = np.cumsum(np.asarray(chance, np.float64).mean(0))
-  e = e - np.concatenate([np.zeros(width), e[:-width]])
-  c = c - np.concatenate([np.zeros(width), c[:-width]])
-  return e / c
+def windowed_nie_band(err, chance, width: int, steps, n_boot: int = 1000,
+                      level: float = 0.95, seed: int = 0):
+  """`windowed_nie` at the 1-based `steps` [S] of err, chance [P, T], with a percentile
+  band over teachers: (nie [S], lo [S], hi [S]), each resample the ratio of its means."""
+  idx = np.asarray(steps) - 1
+  with np.errstate(invalid="ignore", over="ignore"):
+    e = trailing_sums(err, width)[:, idx]
+    c = trailing_sums(chance, width)[:, idx]
+    draws = _resamples(e.shape[0], n_boot, seed)
+    # Draws in blocks: [block, P, S] at a time stays a few MB for any horizon.
+    stats = np.concatenate([e[d].mean(1) / c[d].mean(1)
+                            for d in np.array_split(draws, max(n_boot // 100, 1))])
+    lo, hi = _quantiles(stats, level)
+    return e.mean(0) / c.mean(0), lo, hi
 
 
 def horizon_to_divergence(err, chance, eps: float, width: int, t_train: int):
@@ -97,6 +130,71 @@ def horizon_to_divergence(err, chance, eps: float, width: int, t_train: int):
     return None, None
   step = int(above[0]) + 1
   return step, step / t_train
+
+
+def _first_step_staying_at_most(curves, threshold: float):
+  """Per curve [..., T]: the first 1-based step t with curve <= threshold at every step
+  from t to T, as a float; inf when the last step is above it (or not finite)."""
+  ok = np.asarray(curves) <= threshold  # nan counts as above
+  # Steps from the last "above" on, counted backwards: an all-ok tail.
+  tail = np.cumprod(ok[..., ::-1], axis=-1).sum(-1)
+  return np.where(tail > 0, ok.shape[-1] - tail + 1, np.inf)
+
+
+def identification_step(err, chance, width: int, t_train: int,
+                        threshold: float = IDENTIFIED_NIE):
+  """First step t (steps seen) from which the population NIE over the trailing `width`
+  steps stays <= threshold to the end of err, chance [P, T]; and t / t_train.
+  (None, None) if the NIE at the last step is above it."""
+  step = _first_step_staying_at_most(windowed_nie(err, chance, width), threshold)
+  if not np.isfinite(step):
+    return None, None
+  return int(step), int(step) / t_train
+
+
+def identification_step_median(err, chance, width: int, t_train: int,
+                               threshold: float = IDENTIFIED_NIE):
+  """`identification_step` of each teacher's own trailing-window ratio (its error sum
+  over its chance-error sum), then the lower median over teachers with teachers that
+  never identify as +inf, so that it is null exactly when more than half never do.
+  Returns (step or None, step / t_train or None, fraction of teachers identified)."""
+  with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    curves = trailing_sums(err, width) / trailing_sums(chance, width)
+  steps = np.sort(_first_step_staying_at_most(curves, threshold))
+  fraction = float(np.isfinite(steps).mean())
+  median = steps[(steps.shape[0] - 1) // 2]
+  if not np.isfinite(median):
+    return None, None, fraction
+  return int(median), int(median) / t_train, fraction
+
+
+def paired_comparison(err, err_versus, chance, steps: slice, n_boot: int = 1000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+  """NIE of err minus (and over) NIE of err_versus over `steps`, all [P, T] on the same
+  teachers, with CIs from a paired bootstrap: each draw resamples the teachers once and
+  uses them for both. {"nie_diff", "nie_diff_ci", "nie_ratio", "nie_ratio_ci",
+  "n_teachers"}."""
+  e = np.asarray(err, np.float64)[:, steps].mean(1)
+  v = np.asarray(err_versus, np.float64)[:, steps].mean(1)
+  c = np.asarray(chance, np.float64)[:, steps].mean(1)
+  idx = _resamples(e.shape[0], n_boot, seed)
+  with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    diff = (e.mean() - v.mean()) / c.mean()
+    ratio = e.mean() / v.mean()
+    diffs = (e[idx].mean(1) - v[idx].mean(1)) / c[idx].mean(1)
+    ratios = e[idx].mean(1) / v[idx].mean(1)
+  return {"nie_diff": float(diff), "nie_diff_ci": [float(q) for q in _quantiles(diffs, level)],
+          "nie_ratio": float(ratio),
+          "nie_ratio_ci": [float(q) for q in _quantiles(ratios, level)],
+          "n_teachers": int(e.shape[0])}
+
+
+def breaking_strength(strengths, nies, threshold: float = IDENTIFIED_NIE):
+  """The smallest strength whose NIE exceeds threshold (a null or non-finite NIE, an
+  imitation that blew up, counts as exceeding); None if none does."""
+  broken = [s for s, n in zip(strengths, nies)
+            if n is None or not np.isfinite(n) or n > threshold]
+  return min(broken) if broken else None
 
 
 def task_gap(teacher_loss, imitator_loss, steps: slice):

@@ -2,10 +2,13 @@
 
     python -m launch.evaluate --workdir=runs/default
     python -m launch.evaluate --workdir=DIR --shifts=none,covariate_scale --stream_npz=FILE
+    python -m launch.evaluate --workdir=DIR --shifts=none --sweep=covariate_scale:0.5,2,8 --sweep=drift
 
 Writes workdir/eval/report.json (rows merged into the training report), report.md and
-the plots nie.png and forgetting.png. Shifts: none and the names of learners.shifts
-(optionally NAME:strength); --stream_npz adds the user's stream as shift `npz`.
+the plots nie.png, forgetting.png and sweep_<shift>.png. Shifts: none and the names of
+learners.shifts (optionally NAME:strength); --stream_npz adds the user's stream as shift
+`npz`; each --sweep evaluates a shift at several strengths (its defaults when only the
+name is given: imitator.evaluate.DEFAULT_SWEEPS).
 """
 
 import os
@@ -25,6 +28,9 @@ _STREAM_NPZ = flags.DEFINE_string("stream_npz", None, "Also evaluate on this str
 _TEACHERS = flags.DEFINE_integer("teachers", None,
                                  "Held-out teachers per shift (default: config.eval).")
 _FORGETTING = flags.DEFINE_boolean("forgetting", True, "Run the forgetting experiment.")
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", [], "SHIFT or SHIFT:s1,s2,...: evaluate at every strength (repeatable; "
+    f"default strengths per shift: {', '.join(evaluate.DEFAULT_SWEEPS)}).")
 
 
 def main(argv):
@@ -35,6 +41,10 @@ def main(argv):
     if base != "none" and base not in shifts.SHIFTS:
       raise ValueError(f"--shifts: unknown shift {base!r}; allowed: "
                        f"{list(evaluate.BATTERY)}.")
+  sweeps = {}
+  for text in _SWEEP.value:
+    shift, strengths = evaluate.parse_sweep(text)
+    sweeps[shift] = tuple(sorted(set(sweeps.get(shift, ())) | set(strengths)))
   if _STREAM_NPZ.value:
     if not os.path.exists(_STREAM_NPZ.value):
       raise ValueError(f"--stream_npz={_STREAM_NPZ.value!r} does not exist.")
@@ -47,12 +57,13 @@ def main(argv):
                     config.eval.teachers)
   exp = train.Experiment(config)
   evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
-                    with_forgetting=_FORGETTING.value, log=lambda m: logging.info(m))
+                    with_forgetting=_FORGETTING.value, log=lambda m: logging.info(m),
+                    sweeps=sweeps)
   eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
   with open(os.path.join(eval_dir, "report.md")) as f:
     print(f.read())
-  print(f"wrote {eval_dir}/report.json, report.md, nie.png"
-        f"{', forgetting.png' if _FORGETTING.value else ''}")
+  plots = sorted(f for f in os.listdir(eval_dir) if f.endswith(".png"))
+  print(f"wrote {eval_dir}/report.json, report.md, {', '.join(plots)}")
 
 
 if __name__ == "__main__":

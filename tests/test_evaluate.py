@@ -35,32 +35,63 @@ def test_battery_report_schema_table_and_plots(run, tmp_path):
   npz.save_stream(stream_file, streams.synthetic_stream(
       streams.StreamSpec(kind="linear_regression", dim=8, horizon=96), jax.random.key(7)))
   evaluate.evaluate(exp, workdir, ["none", "covariate_scale", "new_task_class", "npz"],
-                    stream_npz=stream_file, log=lambda m: None)
+                    stream_npz=stream_file, log=lambda m: None,
+                    sweeps={"covariate_scale": (0.5, 8.0)})
   report = json.load(open(os.path.join(workdir, "eval", "report.json")))
   t = config.stream.horizon
+  n = config.eval.teachers
   assert report["t_train"] == t
-  rows = {(r["imitator"], r["shift"], r["horizon"]): r for r in report["results"]}
-  for name in ("gradient", "frozen", "context_only", "oracle"):
-    for shift in ("none", "covariate_scale", "new_task_class"):
+  rows = {(r["imitator"], r["shift"], r["strength"], r["horizon"]): r
+          for r in report["results"]}
+  names = ("gradient", "frozen", "context_only", "oracle") + evaluate.REFERENCES
+  for name in names:
+    for shift, strength in (("none", None), ("covariate_scale", None),
+                            ("new_task_class", None), ("covariate_scale", 0.5),
+                            ("covariate_scale", 8.0)):
       for m in evaluate.HORIZON_MULTIPLES:
-        r = rows[(name, shift, m * t)]
-        assert r["n_teachers"] == config.eval.teachers >= 64
+        r = rows[(name, shift, strength, m * t)]
+        assert r["n_teachers"] + r["n_teachers_excluded"] == n >= 64
+        assert r["n_teachers"] > 0
         assert set(r) >= {"nie", "nie_ci", "horizon_to_divergence", "task_gap",
-                          "task_gap_ci"}
+                          "task_gap_ci", "identification_step",
+                          "identification_step_median", "identified_fraction"}
         assert set(r["horizon_to_divergence"]) == {"0.1", "0.25"}
+        # One identification per imitator and shift, on every horizon's row.
+        assert r["identification_step"] == rows[(name, shift, strength, t)][
+            "identification_step"]
         if r["nie"] is not None and r["nie_ci"][0] is not None:
           assert r["nie_ci"][0] <= r["nie"] <= r["nie_ci"][1]
     # The user's stream: 96 steps hold the horizons 32 and 64 (3 x 32 would not be a
     # power of two of T_train), evaluated on the teachers rolled out on it.
-    assert (name, "npz", t) in rows and (name, "npz", 2 * t) in rows
-    assert ("gradient", "forgetting", 4 * t) in rows or name == "oracle"
-  assert rows[("oracle", "none", t)]["nie"] == 0.0
+    assert (name, "npz", None, t) in rows and (name, "npz", None, 2 * t) in rows
+  assert ("gradient", "forgetting", None, 4 * t) in rows
+  assert rows[("oracle", "none", None, t)]["nie"] == 0.0
+  # SGD teachers of this family have no draws of their own: the twin is the teacher.
+  assert rows[("twin", "none", None, 16 * t)]["nie"] < 1e-6
+  # Inputs 8 times larger: teachers that blow up are excluded and counted.
+  strong = rows[("gradient", "covariate_scale", 8.0, t)]
+  assert strong["n_teachers_excluded"] > 0 and strong["n_teachers"] < n
   # The row written at the end of training is still there, now with the battery's.
-  assert rows[("gradient", "none", t)]["nie"] is not None
+  assert rows[("gradient", "none", None, t)]["nie"] is not None
+  comps = {(c["versus"], c["shift"], c["strength"], c["horizon"]): c
+           for c in report["comparisons"]}
+  for versus in evaluate.VERSUS:
+    c = comps[(versus, "covariate_scale", 8.0, 16 * t)]
+    assert c["imitator"] == "gradient" and c["n_teachers"] == strong["n_teachers"]
+  c = comps[("frozen", "none", None, t)]
+  g, f = rows[("gradient", "none", None, t)]["nie"], rows[("frozen", "none", None, t)]["nie"]
+  assert c["nie_diff"] == pytest.approx(g - f) and c["nie_ratio"] == pytest.approx(g / f)
+  points = {(p["imitator"], p["shift"]): p for p in report["breaking_points"]}
+  p = points[("gradient", "covariate_scale")]
+  assert p["swept"] == [0.5, 8.0] and p["horizon"] == 16 * t
+  nie_16 = {s: rows[("gradient", "covariate_scale", s, 16 * t)]["nie"] for s in (0.5, 8.0)}
+  broken = [s for s, v in nie_16.items() if v is None or v > 0.25]
+  assert p["breaking_strength"] == (min(broken) if broken else None)
   md = open(os.path.join(workdir, "eval", "report.md")).read()
   assert "## shift: covariate_scale" in md and "## forgetting" in md
-  assert "| gradient |" in md
-  for png in ("nie.png", "forgetting.png"):
+  assert "## sweep: covariate_scale" in md and "## breaking points" in md
+  assert "| gradient |" in md and "| known_hparams |" in md and "## comparisons" in md
+  for png in ("nie.png", "forgetting.png", "sweep_covariate_scale.png"):
     with open(os.path.join(workdir, "eval", png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   forgetting = json.load(open(os.path.join(workdir, "eval", "forgetting.json")))
@@ -131,7 +162,7 @@ def test_rows_with_hparam_estimates_and_markdown():
   rng = np.random.default_rng(0)
   behaviour = rng.normal(size=(P, 2 * t, 1, 1)).astype(np.float32)
   ep = episodes.Episodes(x=np.zeros((P, 2 * t, 1, 3)), y=behaviour + 0.1,
-                         task_id=np.zeros(2 * t), behaviour=behaviour,
+                         task_id=np.zeros((P, 2 * t)), behaviour=behaviour,
                          loss=np.ones((P, 2 * t)), hparams=hp,
                          chance=behaviour + rng.normal(size=behaviour.shape))
   est = {f: np.stack([np.asarray(v), 2 * np.asarray(v)], 1) for f, v in hp.items()}

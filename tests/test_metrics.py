@@ -92,3 +92,79 @@ def test_task_gap_forgetting_gap_and_hparam_recovery():
                                 log_fields=("learning_rate",))
   assert rec["learning_rate"] == pytest.approx(math.log(2) / 2)
   assert rec["momentum"] == pytest.approx(0.05)
+
+
+def test_trailing_sums_count_the_steps_so_far_at_the_start():
+  np.testing.assert_allclose(metrics.trailing_sums([[1.0, 2.0, 3.0, 4.0]], 2),
+                             [[1.0, 3.0, 5.0, 7.0]])
+  np.testing.assert_allclose(metrics.trailing_sums([1.0, 2.0], 5), [1.0, 3.0])
+
+
+# Two teachers, chance error 1 at every step, window 2 = T_train.
+_CHANCE = np.ones((2, 6))
+_ERR = np.array([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+                 [1.0, 0.0, 0.0, 0.0, 0.6, 0.0]])
+
+
+def test_identification_step_of_the_population():
+  # Mean error [1, .5, 0, 0, .3, 0]; trailing sums [1, 1.5, .5, 0, .3, .3] over
+  # chance sums [1, 2, 2, 2, 2, 2]: NIE [1, .75, .25, 0, .15, .15], <= .25 from step 3.
+  assert metrics.identification_step(_ERR, _CHANCE, 2, 2) == (3, 1.5)
+  assert metrics.identification_step(_ERR, _CHANCE, 2, 2, threshold=0.1) == (None, None)
+  # It must stay below: a curve that dips and comes back up identifies only after.
+  dip = np.array([[0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+  assert metrics.identification_step(dip, np.ones((1, 8)), 2, 4) == (6, 1.5)
+  assert metrics.identification_step(np.zeros((1, 3)), np.ones((1, 3)), 2, 2) == (1, 0.5)
+
+
+def test_identification_step_median_over_teachers():
+  # Teacher 0: ratios [1, 1, .5, 0, 0, 0] -> step 4. Teacher 1: [1, .5, 0, 0, .3, .3]
+  # ends above .25 -> never. The lower median of [4, inf] is 4; of [4, inf, inf], inf.
+  assert metrics.identification_step_median(_ERR, _CHANCE, 2, 2) == (4, 2.0, 0.5)
+  three = np.concatenate([_ERR, _ERR[1:]])
+  assert metrics.identification_step_median(three, np.ones((3, 6)), 2, 2) == (
+      None, None, pytest.approx(1 / 3))
+  # A teacher whose windows hold zero chance error (0/0) never counts as identified.
+  zero = metrics.identification_step_median(np.zeros((1, 2)), np.zeros((1, 2)), 2, 2)
+  assert zero == (None, None, 0.0)
+
+
+def test_windowed_nie_band_at_grid_steps():
+  rng = np.random.default_rng(0)
+  err = rng.uniform(0, 1, (16, 40))
+  chance = rng.uniform(1, 2, (16, 40))
+  steps = np.array([1, 5, 40])
+  nie, lo, hi = metrics.windowed_nie_band(err, chance, 8, steps)
+  # The population ratio over the trailing window, e.g. at step 40 steps 33..40.
+  assert nie[2] == pytest.approx(err[:, 32:].sum() / chance[:, 32:].sum())
+  assert nie[0] == pytest.approx(err[:, 0].sum() / chance[:, 0].sum())
+  assert np.all(lo <= nie) and np.all(nie <= hi) and np.all(lo < hi)
+  # Identical teachers: every resample gives the same ratio.
+  same = metrics.windowed_nie_band(np.full((5, 4), 0.3), np.full((5, 4), 0.6), 2, [2, 4])
+  np.testing.assert_allclose(same, [[0.5, 0.5]] * 3)
+
+
+def test_paired_comparison_by_hand():
+  err = np.array([[1.0, 1.0], [1.0, 1.0]])
+  versus = np.array([[2.0, 2.0], [4.0, 4.0]])
+  chance = np.ones((2, 2))
+  c = metrics.paired_comparison(err, versus, chance, slice(0, 2))
+  assert c["nie_diff"] == pytest.approx(1.0 - 3.0) and c["n_teachers"] == 2
+  assert c["nie_ratio"] == pytest.approx(1.0 / 3.0)
+  # Resamples: versus mean in {2, 3, 4}, so the difference is in [-3, -1].
+  assert -3 - 1e-9 <= c["nie_diff_ci"][0] <= -2 <= c["nie_diff_ci"][1] <= -1 + 1e-9
+  assert 0.25 - 1e-9 <= c["nie_ratio_ci"][0] <= c["nie_ratio_ci"][1] <= 0.5 + 1e-9
+  # Pairing: teachers differ tenfold, but each one's imitator error is half its
+  # baseline's, so every paired resample has ratio 0.5 (unpaired draws would not).
+  b = np.random.default_rng(1).uniform(1, 10, (20, 1)) * np.ones((20, 3))
+  paired = metrics.paired_comparison(0.5 * b, b, np.ones((20, 3)), slice(1, 3))
+  assert paired["nie_ratio_ci"] == pytest.approx([0.5, 0.5])
+  assert paired["nie_diff"] == pytest.approx(-0.5 * b.mean())
+
+
+def test_breaking_strength():
+  assert metrics.breaking_strength([4.0, 0.5, 2.0, 1.0], [0.9, 0.1, 0.3, 0.2]) == 2.0
+  assert metrics.breaking_strength([0.5, 1.0], [0.1, 0.25]) is None  # not above 0.25
+  assert metrics.breaking_strength([0.5, 1.0], [0.1, None]) == 1.0  # blew up
+  assert metrics.breaking_strength([0.5, 1.0], [math.nan, 0.1]) == 0.5
+  assert metrics.IDENTIFIED_NIE == 0.25

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import checkpoint, episodes, train
+from imitator import checkpoint, episodes, evaluate, train
 from launch.configs import default, in_context, system_id
 
 
@@ -26,7 +26,8 @@ def test_smoke_run_beats_both_baselines_on_held_out_teachers(get_config, arg, tm
   config = get_config(arg)
   result = train.train_and_evaluate(config, str(tmp_path))
   rows = {r["imitator"]: r for r in result["report"]["results"]}
-  main = [r for name, r in rows.items() if name not in ("frozen", "context_only", "oracle")]
+  main = [r for name, r in rows.items()
+          if name not in ("frozen", "context_only", "oracle") + evaluate.REFERENCES]
   assert len(main) == 1
   assert main[0]["nie"] < rows["frozen"]["nie"]
   assert main[0]["nie"] < rows["context_only"]["nie"]
@@ -42,13 +43,19 @@ def test_report_schema(tmp_path):
   report = train.train_and_evaluate(config, str(tmp_path))["report"]
   assert report["t_train"] == config.stream.horizon
   assert {r["imitator"] for r in report["results"]} == {
-      "gradient", "frozen", "context_only", "oracle"}
+      "gradient", "frozen", "context_only", "oracle", "untrained", "known_hparams", "twin"}
   for r in report["results"]:
-    assert set(r) >= {"imitator", "shift", "horizon", "nie", "nie_ci", "n_teachers"}
+    assert set(r) >= {"imitator", "shift", "strength", "horizon", "nie", "nie_ci",
+                      "n_teachers", "n_teachers_excluded", "identification_step",
+                      "identification_step_median", "identified_fraction"}
     assert r["shift"] == "none" and r["horizon"] == config.stream.horizon
-    assert r["n_teachers"] == config.eval.teachers
+    assert r["strength"] is None
+    assert r["n_teachers"] + r["n_teachers_excluded"] == config.eval.teachers
     lo, hi = r["nie_ci"]
     assert lo <= r["nie"] <= hi
+  assert {(c["imitator"], c["versus"]) for c in report["comparisons"]} == {
+      ("gradient", v) for v in ("frozen", "context_only", "untrained", "known_hparams")}
+  assert report["breaking_points"] == []
   for name in ("config.json", "metrics.jsonl"):
     assert (tmp_path / name).exists()
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
