@@ -242,8 +242,9 @@ def select_teachers(ep: episodes.Episodes, outputs: dict, keep):
 
 def errors(task, ep, outputs, names) -> tuple[dict, np.ndarray]:
   """({name in reports: err [P, T]}, chance err [P, T])."""
-  errs = {names.get(k, k): np.asarray(metrics.step_error(task, ep.behaviour, o[0]))
-          for k, o in outputs.items()}
+  with np.errstate(over="ignore", invalid="ignore"):  # predictions that blew up: inf/nan
+    errs = {names.get(k, k): np.asarray(metrics.step_error(task, ep.behaviour, o[0]))
+            for k, o in outputs.items()}
   return errs, np.asarray(metrics.step_error(task, ep.behaviour, ep.chance))
 
 
@@ -260,7 +261,8 @@ def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family, stren
   for name, (a_hat, est, _) in outputs.items():
     label = names.get(name, name)
     err = errs[label]
-    own_loss = np.asarray(metrics.task_loss(task, a_hat, ep.y))
+    with np.errstate(over="ignore", invalid="ignore"):
+      own_loss = np.asarray(metrics.task_loss(task, a_hat, ep.y))
     agree = (np.asarray(metrics.argmax_agreement(ep.behaviour, a_hat))
              if task == "classification" else None)
     per_shift = {"horizon_to_divergence": _divergence(err, chance, t_train),
@@ -517,7 +519,10 @@ def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = 
                                  [_finite(c) for c in comparisons or []], COMPARISON_KEY)
   report["breaking_points"] = breaking_points(report["results"], t_train)
   if skipped is not None:
-    report["skipped"] = skipped
+    # A shift evaluated or skipped now replaces what an earlier run said about it.
+    now = {(r["shift"], r.get("strength")) for r in rows + skipped}
+    report["skipped"] = [s for s in report.get("skipped", [])
+                         if (s["shift"], s.get("strength")) not in now] + skipped
   if not parallel.is_primary():
     return report
   with open(path, "w") as f:

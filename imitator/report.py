@@ -10,7 +10,8 @@ from imitator.evaluate import BASELINES, HORIZON_MULTIPLES, ORACLE, REFERENCES
 from imitator.metrics import IDENTIFIED_NIE
 
 
-def _ci(value, ci, digits=3):
+def with_ci(value, ci, digits=3):
+  """'v [lo, hi]'; 'diverged' for a null figure, huge ones without their CI."""
   if value is None:
     return "diverged"
   if abs(value) >= 1e4:
@@ -19,7 +20,8 @@ def _ci(value, ci, digits=3):
   return f"{fmt(value)} [{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
-def _value(value, digits=3):
+def value_text(value, digits=3):
+  """A figure alone, as `with_ci` writes it."""
   if value is None:
     return "diverged"
   return f"{value:.2g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
@@ -108,11 +110,11 @@ def _shift_table(shift: str, rows: list, t: int) -> list:
     # The longest horizon's row is the battery's (training writes only H = T_train).
     last = by_h[max(by_h)]
     first = by_h[min(by_h)]
-    row = [name] + [_ci(by_h[h]["nie"], by_h[h]["nie_ci"]) if h in by_h else ""
+    row = [name] + [with_ci(by_h[h]["nie"], by_h[h]["nie_ci"]) if h in by_h else ""
                     for h in horizons]
     row += [_divergence(last, 0.1), _divergence(last, 0.25), identification(last),
             identification(last, median=True),
-            _ci(first["task_gap"], first["task_gap_ci"]) if "task_gap" in first else ""]
+            with_ci(first["task_gap"], first["task_gap_ci"]) if "task_gap" in first else ""]
     lines.append("| " + " | ".join(row) + " |")
     if last.get("note"):
       notes.append(f"- {name}: {last['note']}")
@@ -146,7 +148,7 @@ def _sweep_table(shift: str, rows: list, t: int) -> list:
            "| imitator | " + " | ".join(f"s={_strength(s)}" for s in strengths) + " |",
            "|" + "---|" * (len(strengths) + 1)]
   for name in names:
-    cells = [" / ".join(_value(by[(name, s, h)]["nie"]) if (name, s, h) in by else "n/a"
+    cells = [" / ".join(value_text(by[(name, s, h)]["nie"]) if (name, s, h) in by else "n/a"
                         for h in (lo, hi)) for s in strengths]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   used = []
@@ -171,8 +173,8 @@ def _comparison_table(report: dict, battery: dict, t: int) -> list:
       if c:
         found = True
         lines.append(f"| {shift} | {h // t}x | {versus} | "
-                     f"{_ci(c['nie_diff'], c['nie_diff_ci'])} | "
-                     f"{_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
+                     f"{with_ci(c['nie_diff'], c['nie_diff_ci'])} | "
+                     f"{with_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
   return lines + [""] if found else []
 
 
@@ -208,7 +210,7 @@ def markdown(report: dict) -> str:
               "| imitator | mean gap to the teacher's curve [95% CI] | teachers |",
               "|---|---|---|"]
     for r in forgetting:
-      lines.append(f"| {r['imitator']} | {_ci(r['forgetting_gap'], r['forgetting_gap_ci'], 4)}"
+      lines.append(f"| {r['imitator']} | {with_ci(r['forgetting_gap'], r['forgetting_gap_ci'], 4)}"
                    f" | {r['n_teachers']} |")
     lines.append("")
   for s in report.get("skipped", []):

@@ -148,7 +148,9 @@ def test_breaking_points_and_merged_report_keep_what_was_there(tmp_path):
                      _row("gradient", "covariate_scale", 0.5, 16 * t, 0.1)],
          "comparisons": [{"imitator": "gradient", "versus": "frozen", "shift": "none",
                           "horizon": t, "nie_diff": -0.5, "nie_diff_ci": [-1, 0],
-                          "nie_ratio": 0.5, "nie_ratio_ci": [0.3, 0.7], "n_teachers": 8}]}
+                          "nie_ratio": 0.5, "nie_ratio_ci": [0.3, 0.7], "n_teachers": 8}],
+         "skipped": [{"shift": "digits", "strength": None, "reason": "no data"},
+                     {"shift": "covariate_scale", "strength": 2.0, "reason": "old"}]}
   with open(tmp_path / "eval" / "report.json", "w") as f:
     json.dump(old, f)
   new = [_row(n, "covariate_scale", s, h, v) for n, s, h, v in [
@@ -156,8 +158,11 @@ def test_breaking_points_and_merged_report_keep_what_was_there(tmp_path):
       ("gradient", 2.0, t, 0.2), ("frozen", 2.0, 16 * t, 0.2), ("frozen", 8.0, 16 * t, 0.2),
       ("oracle", 2.0, 16 * t, 0.0)]] + [_row("gradient", "covariate_scale", None, t, 0.4),
                                          _row("frozen", "none", None, t, 0.4)]
-  rep = evaluate.write_report(str(tmp_path), t, new)
+  rep = evaluate.write_report(str(tmp_path), t, new, skipped=[
+      {"shift": "drift", "strength": 8.0, "reason": "new"}])
   assert rep["trained_by"] == "someone" and rep["comparisons"] == old["comparisons"]
+  # digits was not evaluated now: its reason stays; covariate_scale 2 now has rows.
+  assert [s["reason"] for s in rep["skipped"]] == ["no data", "new"]
   keys = {(r["imitator"], r["shift"], r["strength"], r["horizon"]) for r in rep["results"]}
   assert ("gradient", "none", None, t) in keys and len(keys) == len(rep["results"]) == 10
   points = {(p["imitator"], p["shift"]): p for p in rep["breaking_points"]}

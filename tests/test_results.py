@@ -1,0 +1,112 @@
+"""launch.results: tables from runs' config.json and eval/report.json only."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launch import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _row(name, shift, h, nie, strength=None, median=None):
+  return {"imitator": name, "shift": shift, "strength": strength, "horizon": h, "nie": nie,
+          "nie_ci": [nie - 0.01, nie + 0.01] if nie is not None else [None, None],
+          "n_teachers": 8, "n_teachers_excluded": 0,
+          "identification_step_median": {"step": median and int(median * 4),
+                                         "t_train_multiple": median},
+          "identified_fraction": 0.75}
+
+
+def _write(path, name, obj):
+  os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
+  with open(os.path.join(path, name), "w") as f:
+    json.dump(obj, f)
+
+
+@pytest.fixture
+def runs(tmp_path):
+  """Run a: trained and evaluated (t_train 4) with a sweep; run b: trained only, its
+  report lost; run c: a report from training alone (no 16x rows), no config."""
+  a, b, c = (str(tmp_path / n) for n in "abc")
+  _write(a, "config.json", {"family": {"name": "sgd_linear"},
+                            "imitator": {"kind": "gradient"}})
+  rows = []
+  for name, nies in {"gradient": (0.1, 0.05), "frozen": (1.4, 1.7),
+                     "context_only": (0.4, 0.38), "untrained": (0.9, 0.8),
+                     "known_hparams": (0.03, 0.01), "twin": (0.0, 0.0),
+                     "oracle": (0.0, 0.0)}.items():
+    for shift in ("none", "drift"):
+      rows += [_row(name, shift, 4, nies[0], median=1.25),
+               _row(name, shift, 64, nies[1], median=1.25)]
+  rows += [_row("gradient", "covariate_scale", 64, 0.2, strength=0.5),
+           _row("gradient", "covariate_scale", 64, None, strength=8.0)]
+  comps = [{"imitator": "gradient", "versus": v, "shift": "none", "strength": None,
+            "horizon": h, "nie_diff": d, "nie_diff_ci": [d - 0.1, d + 0.1],
+            "nie_ratio": q, "nie_ratio_ci": [q - 0.1, q + 0.1], "n_teachers": 8}
+           for v, h, d, q in [("context_only", 4, -0.3, 0.25), ("frozen", 4, -1.3, 0.07),
+                              ("context_only", 64, -0.33, 0.13)]]
+  _write(a, "eval/report.json", {
+      "t_train": 4, "results": rows, "comparisons": comps,
+      "breaking_points": [{"imitator": "gradient", "shift": "covariate_scale",
+                           "breaking_strength": 8.0, "swept": [0.5, 8.0], "horizon": 64}]})
+  _write(b, "config.json", {"family": {"name": "mixed"},
+                            "imitator": {"kind": "in_context",
+                                         "in_context": {"arch": "recurrent"}}})
+  _write(c, "eval/report.json", {"t_train": 4, "results": [
+      _row("system_id/both", "none", 4, 0.06), _row("frozen", "none", 4, 0.8)]})
+  return a, b, c
+
+
+def test_tables_from_files_only(runs):
+  a, b, c = runs
+  text = results.tables([a, b, c])
+  lines = text.splitlines()
+  head = next(l for l in lines if l.startswith(f"| `{a}` | sgd_linear | gradient |"))
+  cells = [x.strip() for x in head.strip("|").split("|")]
+  assert cells[3:6] == ["0.100 [0.090, 0.110]", "0.050 [0.040, 0.060]",
+                        "1.25x (75% identified)"]
+  # frozen, context_only, untrained, known_hparams, twin: 1x / 16x; identified.
+  assert cells[6] == "1.400 [1.390, 1.410] / 1.700 [1.690, 1.710]; 1.25x (75% identified)"
+  assert cells[9].startswith("0.030 [0.020, 0.040] / 0.010")
+  # Run b: no report; its imitator named from its config.
+  row_b = next(l for l in lines if l.startswith(f"| `{b}` | mixed | in_context/recurrent |"))
+  assert "n/a (no eval/report.json)" in row_b
+  # Run c: no config, no 16x rows, references absent.
+  row_c = next(l for l in lines if l.startswith(f"| `{c}` | n/a (no config.json) | "
+                                                "system_id/both |"))
+  assert "0.060 [0.050, 0.070]" in row_c and "n/a (no system_id/both row at 16x" in row_c
+  assert "n/a (not in report)" in row_c
+  # (b) every shift of run a, (c) its breaking point, (d) the better baseline.
+  assert f"| drift | 0.100 [0.090, 0.110] / 0.050 [0.040, 0.060] | 1.400" in text
+  assert "| covariate_scale |" not in text.split("Breaking points")[0]  # swept: not (b)
+  assert f"| `{a}` | gradient | covariate_scale | 8 | 0.5, 8 | 64 |" in text
+  # context_only has the lower NIE, so it is the better baseline at 1x and 16x.
+  assert f"| `{a}` | none | 1x | context_only | -0.300 [-0.400, -0.200] | 0.250" in text
+  assert f"| `{a}` | none | 16x | context_only | -0.330" in text
+  assert "| frozen | -1.300" not in text
+
+
+def test_readme_block_is_replaced_and_missing_markers_exit_2(runs, tmp_path):
+  a, _, _ = runs
+  readme = tmp_path / "README.md"
+  readme.write_text("# title\n\nbefore\n<!-- results:begin -->\nold table\n"
+                    "<!-- results:end -->\nafter\n")
+  ok = subprocess.run([sys.executable, "-m", "launch.results", f"--workdirs={a}",
+                       f"--readme={readme}"], cwd=ROOT, capture_output=True, text=True,
+                      timeout=120)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  text = readme.read_text()
+  assert text.startswith("# title\n\nbefore\n<!-- results:begin -->\nHeld-out NIE")
+  assert text.endswith("<!-- results:end -->\nafter\n") and "old table" not in text
+  assert f"| `{a}` | sgd_linear | gradient |" in text
+  bare = tmp_path / "NOTES.md"
+  bare.write_text("no markers here\n")
+  bad = subprocess.run([sys.executable, "-m", "launch.results", f"--workdirs={a}",
+                        f"--readme={bare}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert bad.returncode == 2 and str(bare) in bad.stderr and "results:begin" in bad.stderr
+  assert bare.read_text() == "no markers here\n"
