@@ -29,7 +29,9 @@ def value_text(value, digits=3):
 
 def _divergence(row, eps):
   d = row.get("horizon_to_divergence", {}).get(str(eps))
-  if not d or d["step"] is None:
+  if d is None:  # a row written at the end of training
+    return "n/a"
+  if d["step"] is None:
     return "never"
   return f"{d['step']} ({d['t_train_multiple']:.2f}x)"
 
