@@ -90,17 +90,25 @@ def parse_sweep(text: str) -> tuple[str, tuple]:
 
 
 def errors_fn(imitators, setting, ep: episodes.Episodes, window: int = 0):
-  """Jitted meta -> ({name: err [P, T]}, chance [P, T]) on fixed episodes `ep`."""
+  """meta -> ({name: err [P, T]}, chance [P, T]) on fixed episodes `ep`. Each imitator
+  object is jitted once: names that share one (the trained kind and `untrained`) share
+  its compilation."""
   keys = jax.random.split(jax.random.key(0), ep.x.shape[0])
+  window = _divisor(window, ep.x.shape[1])
+  compiled = {}
 
-  @jax.jit
+  def unroll_error(im):
+    if im not in compiled:
+      compiled[im] = jax.jit(lambda m, x, y, a: metrics.step_error(
+          setting.task, a, objective.unroll(im, m, keys, x, y, a, window=window)))
+    return compiled[im]
+
+  chance = jax.jit(metrics.step_error, static_argnums=0)(setting.task, ep.behaviour,
+                                                         ep.chance)
+
   def run(meta):
-    errs = {}
-    for name, im in imitators.items():
-      a_hat = objective.unroll(im, meta[name], keys, ep.x, ep.y, ep.behaviour,
-                               window=_divisor(window, ep.x.shape[1]))
-      errs[name] = metrics.step_error(setting.task, ep.behaviour, a_hat)
-    return errs, metrics.step_error(setting.task, ep.behaviour, ep.chance)
+    return {name: unroll_error(im)(meta[name], ep.x, ep.y, ep.behaviour)
+            for name, im in imitators.items()}, chance
 
   return run
 
@@ -367,10 +375,16 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None)
   results, comps, skipped, curves = [], [], [], {}
   imitators, metas = with_untrained(exp, meta)
   keys = jax.random.split(jax.random.key(0), n)
-  run = jax.jit(lambda meta, x, y, a: {
-      name: imitate(im, meta[name], keys, x, y, a, chunk=_divisor(t, x.shape[1]) or
-                    x.shape[1])
-      for name, im in imitators.items()})
+  compiled = {}  # one jit per imitator object: `untrained` shares the trained kind's
+
+  def run(metas, x, y, a):
+    out = {}
+    for name, im in imitators.items():
+      if im not in compiled:
+        compiled[im] = jax.jit(lambda m, x, y, a, im=im: imitate(
+            im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1]) or x.shape[1]))
+      out[name] = compiled[im](metas[name], x, y, a)
+    return out
   entries = [(s, None) for s in shift_names] + [
       (s, v) for s, strengths in (sweeps or {}).items() for v in strengths]
   for shift, strength in entries:

@@ -1,24 +1,29 @@
 """The `gradient` imitator: fast weights moved by real gradient steps, rule meta-learned.
 
 Its fast network is the teacher family's network (`learners.networks`, same sizes and
-parametrization). Each `observe(x, y, a)` takes `inner_steps` steps
+parametrization). Each `observe(x, y, a)` takes `inner_steps` steps, each
 
-    w <- w - eta_task * (grad L_task(w; x, y) + wd * w) - eta_track * grad L_track(w; x, a)
-           [+ exp(log_scale) * U(features)  with the optional learned update network U]
+1. tracking: the weights move toward the teacher's behaviour a by the normalized step of
+   `imitator.tracking.affine_projection`, removing a fraction sigmoid(track_logit) of
+   the residual, preconditioned per parameter (or per layer) by exp(log_track_scale);
+2. task: from there, w <- w - eta_task * (grad L_task(w; x, y) + wd * w)
+   [+ exp(log_scale) * U(features) with the optional learned update network U],
+   shortened by `tracking.safeguard` only where it would overshoot (beyond the
+   stability bound of gradient descent on the current batch).
 
-where L_task is the teacher loss on the labels, L_track pulls the imitator's behaviour to
-the teacher's (0.5 * squared error, or KL(a || a_hat)), and the meta-params are the
-initial weights, eta_task = exp(log_step) and eta_track (per parameter or per layer),
-wd, and U.
+L_task is the teacher loss on the labels. Both steps are bounded whatever the scale of
+the inputs, so the imitator cannot blow up under a covariate shift. Meta-params: the
+initial weights, eta_task = exp(log_step) (per parameter or per layer), the tracking
+fraction and preconditioner, wd, and U.
 
 With `adapt_steps`, each layer's task step also carries a fast offset that infers the
 teacher's step size: the tracking error at step t is differentiated with respect to
 log eta through the previous task update d (d theta / d log eta = d), and the offset
 moves by -hyper_step * cos(grad L_track, d), a normalized hypergradient step whose size
-`hyper_step` is meta-learned. With eta_task = lr, wd = the teacher's, eta_track = 0 and the teacher's
-initial weights it is exactly an SGD teacher, step for step.
+`hyper_step` is meta-learned. With eta_task = lr, wd = the teacher's, no tracking and the
+teacher's initial weights it is exactly an SGD teacher, step for step.
 
-The baselines are two settings of the same machinery: `frozen` fits the teacher's
+The baselines are two settings of the same machinery: `frozen` tracks the teacher's
 behaviour for its first `freeze_after` steps and then stops, `context_only` tracks the
 behaviour throughout but never sees y.
 """
@@ -32,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imitator import tracking
 from imitator.base import Imitator
 from learners import networks
 
@@ -68,6 +74,9 @@ class GradientImitator(Imitator):
   init_scale: float = 1.0
 
   def __post_init__(self):
+    if not 0.0 < self.init_track < 1.0:
+      raise ValueError(f"imitator init_track={self.init_track!r} must be in (0, 1): the "
+                       "fraction of the residual each tracking step removes.")
     if self.step_size not in ("per_parameter", "per_layer"):
       raise ValueError(f"imitator step_size={self.step_size!r}; allowed: "
                        "['per_parameter', 'per_layer'].")
@@ -104,7 +113,9 @@ class GradientImitator(Imitator):
     meta = {
         "init": params,
         "log_step": self._per(params, math.log(self.init_lr)),
-        "track_step": self._per(params, self.init_track),
+        "track_logit": jnp.asarray(math.log(self.init_track) - math.log1p(-self.init_track),
+                                   jnp.float32),
+        "log_track_scale": self._per(params, 0.0),
         "weight_decay": jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params),
         "log_temperature": jnp.zeros((), jnp.float32),
     }
@@ -148,26 +159,41 @@ class GradientImitator(Imitator):
       d_track = (out - a) / n
     return vjp(d_task)[0], vjp(d_track)[0]
 
+  def _data_loss(self, meta, params, x, y):
+    """Mean teacher loss on the labels: 0.5 * squared error, or cross-entropy."""
+    out = self.apply(params, x)
+    if self.task == "classification":
+      logp = jax.nn.log_softmax(out * jnp.exp(-meta["log_temperature"]), axis=-1)
+      return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean()
+    return 0.5 * jnp.sum((out - y) ** 2, axis=-1).mean()
+
   def _step(self, meta, state, x, y, a):
     params = state["params"]
-    g_task, g_track = self._loss_grads(meta, params, x, y, a)
-    delta = jax.tree.map(lambda eta, g: -eta * g, meta["track_step"], g_track)
     new = dict(state)
-    if self.uses_y:
-      log_step = meta["log_step"]
-      if self.adapt_steps:
-        offset = jax.tree.map(
-            lambda o, beta, g, d: o - beta * jnp.sum(g * d) / (
-                jnp.sqrt(jnp.sum(g * g) + 1e-12) * jnp.sqrt(jnp.sum(d * d) + 1e-12)),
-            state["log_step_offset"], meta["hyper_step"], g_track,
-            state["last_task_update"])
-        log_step = jax.tree.map(jnp.add, log_step, offset)
-        new["log_step_offset"] = offset
-      task_update = jax.tree.map(lambda log_eta, g, wd, p: -jnp.exp(log_eta) * (g + wd * p),
-                                 log_step, g_task, meta["weight_decay"], params)
-      if self.adapt_steps:
-        new["last_task_update"] = task_update
-      delta = jax.tree.map(jnp.add, delta, task_update)
+    if self.adapt_steps or self.update_net:
+      _, g_track = self._loss_grads(meta, params, x, y, a)
+    temperature = jnp.exp(meta["log_temperature"])
+    precondition = jax.tree.map(lambda s, p: jnp.broadcast_to(jnp.exp(s), p.shape),
+                                meta["log_track_scale"], params)
+    params, _ = tracking.affine_projection(
+        lambda p: self.apply(p, x), params, jax.nn.sigmoid(meta["track_logit"]),
+        lambda out: tracking.output_correction(self.task, out, a, temperature), precondition)
+    if not self.uses_y:
+      new["params"] = params
+      return new
+    loss = lambda p: self._data_loss(meta, p, x, y)
+    loss0, g_task = jax.value_and_grad(loss)(params)
+    log_step = meta["log_step"]
+    if self.adapt_steps:
+      offset = jax.tree.map(
+          lambda o, beta, g, d: o - beta * jnp.sum(g * d) / (
+              jnp.sqrt(jnp.sum(g * g) + 1e-12) * jnp.sqrt(jnp.sum(d * d) + 1e-12)),
+          state["log_step_offset"], meta["hyper_step"], g_track,
+          state["last_task_update"])
+      log_step = jax.tree.map(jnp.add, log_step, offset)
+      new["log_step_offset"] = offset
+    delta = jax.tree.map(lambda log_eta, g, wd, p: -jnp.exp(log_eta) * (g + wd * p),
+                         log_step, g_task, meta["weight_decay"], params)
     if self.update_net:
       m, v = state["moments"]
       b1, b2 = _MOMENTS
@@ -182,6 +208,9 @@ class GradientImitator(Imitator):
 
       delta = jax.tree.map(learned, delta, g_task, g_track, m, v)
       new["moments"] = (m, v)
+    delta, _ = tracking.safeguard(loss, params, delta, g_task, loss0)
+    if self.adapt_steps:
+      new["last_task_update"] = delta
     new["params"] = jax.tree.map(jnp.add, params, delta)
     return new
 

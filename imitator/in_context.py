@@ -160,9 +160,11 @@ class DeltaMemory(nnx.Module):
     self.heads, self.dk, self.dv = heads, dk, dv
 
   def keys(self, x):
-    """x [n, dx] (NTK-scaled) -> unit-scale keys [n, H, dk]."""
+    """x [n, dx] (NTK-scaled) -> unit-norm keys [n, H, dk]. Unit keys keep the delta
+    rule a contraction for any write strength in (0, 1), whatever the input scale."""
     k = jnp.concatenate([self.key_lin(x), jnp.tanh(self.key_tanh(x))], -1)
-    return k.reshape(x.shape[0], self.heads, self.dk) / math.sqrt(self.dk)
+    k = k.reshape(x.shape[0], self.heads, self.dk)
+    return k * jax.lax.rsqrt(jnp.sum(k * k, -1, keepdims=True) + 1e-12)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -302,8 +304,9 @@ class InContextImitator(Imitator):
     mem, k = self._read(net, state, x)
     guess = self.behaviour(net.read_mem(mem))
     yf = self.target_features(y)
-    feats = jnp.concatenate([self._flat(x), yf, a, a - guess,
-                             jnp.sum(k * k, (-1, -2))[:, None]], -1).mean(0)
+    xf = self._flat(x)
+    feats = jnp.concatenate([xf, yf, a, a - guess,
+                             jnp.log1p(jnp.sum(xf * xf, -1))[:, None]], -1).mean(0)
     h, _ = net.gru(state["h"], feats)
     beta = jax.nn.sigmoid(net.beta(h)).reshape(2, self.n_heads)
     S = state["S"]

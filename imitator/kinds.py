@@ -56,6 +56,9 @@ def build(config, setting: Setting) -> dict:
     main = SystemIdImitator(**common, family=setting.family, mode=s.mode,
                             encoder_hidden=s.encoder_hidden, max_particles=s.max_particles,
                             init_track=s.init_track, init_refine=s.init_refine,
+                            init_temp=s.init_temp, init_forget=s.init_forget,
+                            refine_every=s.refine_every, split_groups=s.split_groups,
+                            meta_grad=s.meta_grad,
                             batch=setting.spec.batch)
   b = config.baselines
   net = _network(setting, b)

@@ -235,12 +235,15 @@ def _nonfinite_message(exp, ts, step) -> str:
           "finite on this stream (the family's learning-rate prior, --config.family.lr_scale).")
 
 
-def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
+                       command: str | None = None) -> dict:
   """Meta-trains the configured imitator and baselines; returns the final report.
 
   `stop_at_step` stops early as a preemption would (checkpoint, no evaluation); the
   same call without it resumes to `config.train.steps`. Status 'diverged' means the
-  non-finite guard gave up (the message says what to change)."""
+  non-finite guard gave up (the message says what to change). `command`, the command
+  line that started the run, is kept in workdir/command.txt (the first one: a resumed
+  run keeps it)."""
   exp = Experiment(config)  # validates everything before the workdir is touched
   tcfg = config.train
   os.makedirs(workdir, exist_ok=True)
@@ -257,6 +260,10 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
   if primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    command_path = os.path.join(workdir, "command.txt")
+    if command and not os.path.exists(command_path):
+      with open(command_path, "w") as f:
+        f.write(command + "\n")
   ts = exp.place(ts)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if primary:

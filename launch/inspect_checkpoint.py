@@ -89,12 +89,11 @@ def main(argv):
   print("metrics at this step:", json.dumps(record, indent=2) if record else "none logged")
   print("\nmeta-parameters:\n" + describe_tree(state.meta))
   main_im = exp.imitators["imitator"]
-  if hasattr(main_im, "estimate"):
+  if hasattr(main_im, "initial_estimates"):
     fam = exp.setting.family
-    hp = fam.from_unconstrained(state.meta["imitator"]["u"], main_im._codes)
     print("\nsystem_id starting estimate of the hyperparams, per particle:")
-    for k in range(main_im.particles):
-      print(f"  particle {k}: " + fam.describe({f: v[k] for f, v in hp.items()}))
+    for k, (group, hp) in enumerate(main_im.initial_estimates(state.meta["imitator"])):
+      print(f"  particle {k} ({group}): " + fam.describe(hp))
   if _COMPARE.value:
     print("\n" + compare(exp, state.meta, _COMPARE_STEPS.value))
   if _EXPORT.value:

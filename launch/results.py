@@ -60,8 +60,13 @@ def _get(cfg: dict | None, *path):
 
 
 def command(run: dict) -> str:
-  """The command that trained the run if config.json records it, else the workdir."""
-  recorded = _get(run["config"], "command")
+  """The command that trained the run (workdir/command.txt, written by launch.train),
+  else the workdir."""
+  try:
+    with open(os.path.join(run["workdir"], "command.txt")) as f:
+      recorded = f.read().strip()
+  except OSError:
+    recorded = ""
   return f"`{recorded}`" if recorded else f"`{run['workdir']}`"
 
 

@@ -6,6 +6,7 @@ A run restarted on the same workdir resumes; SIGTERM/SIGINT checkpoint and exit 
 
 import datetime
 import os
+import shlex
 import sys
 
 from absl import flags, logging
@@ -27,7 +28,8 @@ def main(argv):
   parallel.initialize_distributed(config.train.distributed)
   logging.info("workdir: %s", os.path.abspath(workdir))
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-  result = train.train_and_evaluate(config, workdir)
+  command = " ".join(["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]])
+  result = train.train_and_evaluate(config, workdir, command=command)
   if result["status"] == "diverged":
     print(f"error: {result['message']}", flush=True)
     sys.exit(1)

@@ -441,6 +441,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
                            optimizers=optimizers.OPTIMIZERS),
     "continual_mlp": dict(networks=("mlp",), activations=("tanh",), optimizers=("sgd",),
                           regularizers=REGULARIZERS),
+    # The main job's: two networks x two optimizers x one regularizer, random init.
+    "small_mixed": dict(networks=networks.NETWORKS, activations=("tanh",),
+                        optimizers=("sgd", "adam"), regularizers=("l2",)),
     "mixed": dict(networks=networks.NETWORKS, activations=("relu", "tanh", "gelu"),
                   optimizers=optimizers.OPTIMIZERS, regularizers=REGULARIZERS,
                   max_inner_steps=2),

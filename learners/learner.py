@@ -91,8 +91,12 @@ def behave(family: Family, hparams, state: LearnerState, x):
   return head(family, hparams, outputs(family, hparams, state.params, x))
 
 
-def update(family: Family, hparams, state: LearnerState, x, y, grads=None) -> LearnerState:
-  """Learns from (x, y); `grads` may pass the data gradient at state.params if known."""
+def update(family: Family, hparams, state: LearnerState, x, y, grads=None,
+           perturbation_noise: bool = True) -> LearnerState:
+  """Learns from (x, y); `grads` may pass the data gradient at state.params if known.
+  `perturbation_noise=False` replaces shrink-and-perturb's noise by its mean, 0: the
+  best guess of an observer who cannot see the teacher's draws (and no random numbers
+  to generate)."""
   grad_fn = jax.grad(lambda p, x, y: data_loss(family, hparams, p, x, y)[0])
   if grads is None:
     grads = grad_fn(state.params, x, y)
@@ -138,8 +142,11 @@ def update(family: Family, hparams, state: LearnerState, x, y, grads=None) -> Le
   if "replay" in regs:
     replay = regularizers.replay_insert(replay, x, y, k_insert)
   if "shrink_perturb" in regs:
-    params = regularizers.shrink_perturb(params, hparams["shrink"], hparams["perturb"],
-                                         k_perturb)
+    if perturbation_noise:
+      params = regularizers.shrink_perturb(params, hparams["shrink"], hparams["perturb"],
+                                           k_perturb)
+    else:
+      params = jax.tree.map(lambda w: (1.0 - hparams["shrink"]) * w, params)
   return LearnerState(params, opt_state, anchor, fisher, replay, state.key, state.step + 1)
 
 

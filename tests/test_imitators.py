@@ -47,7 +47,7 @@ def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task, update_n
   lr, wd = float(hp["learning_rate"]), float(hp["weight_decay"])
   meta["init"] = init
   meta["log_step"] = jax.tree.map(lambda _: jnp.log(lr), meta["log_step"])
-  meta["track_step"] = jax.tree.map(jnp.zeros_like, meta["track_step"])
+  meta["track_logit"] = jnp.asarray(-jnp.inf)  # no tracking: the imitator runs alone
   meta["hyper_step"] = jax.tree.map(jnp.zeros_like, meta["hyper_step"])
   meta["weight_decay"] = jax.tree.map(lambda _: jnp.float32(wd), meta["weight_decay"])
   meta["log_temperature"] = jnp.log(hp["temperature"])

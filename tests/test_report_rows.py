@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def linear():
   """Three linear SGD teachers over 6 steps, and their reference learners."""
   config = default.get_config("smoke")
+  config.family.name = "sgd_linear"
   config.stream.horizon = 6
   setting, data = episodes.setting_from_config(config)
   ep = episodes.sample(setting, data, jax.random.key(3), 3)
@@ -35,6 +36,7 @@ def test_twin_is_the_teacher_when_the_family_draws_nothing(linear):
 
 def test_twin_shares_weights_but_not_draws_with_replay_and_shrink_perturb():
   config = default.get_config("smoke")
+  config.family.name = "sgd_linear"
   config.family.regularizers = "replay,shrink_perturb"
   config.family.replay_size = 4
   config.stream.horizon = 6

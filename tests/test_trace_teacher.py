@@ -83,10 +83,11 @@ def test_command_writes_the_file_and_refuses_an_optimizer_outside_the_family(tmp
   out = str(tmp_path / "t.npz")
   ok = subprocess.run([sys.executable, "-m", "launch.trace_teacher",
                        "--config.family.name=optimizers_mlp",
-                       "--config.teacher.optimizer=rmsprop", f"--out={out}"],
+                       "--config.teacher.optimizer=rmsprop", "--config.stream.horizon=96",
+                       f"--out={out}"],
                       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert ok.returncode == 0, ok.stderr[-2000:]
-  assert "rmsprop(" in ok.stdout and np.load(out)["behaviour"].shape[0] == 128
+  assert "rmsprop(" in ok.stdout and np.load(out)["behaviour"].shape[0] == 96
   bad = subprocess.run([sys.executable, "-m", "launch.trace_teacher",
                         "--config.teacher.optimizer=adamw", f"--out={out}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

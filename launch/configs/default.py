@@ -1,13 +1,14 @@
-"""The main job: meta-train a `gradient` imitator of online linear learners (SGD from
-near-zero weights, each with its own hidden step size and weight decay) that keep
-learning on a linear-regression stream whose task switches every 32 steps.
+"""The main job: meta-train a `gradient` imitator of online learners drawn from the
+`small_mixed` family (linear or tanh-MLP networks, SGD or Adam, L2 pull to an anchor,
+random initial weights, each teacher with its own hidden hyperparams) that keep learning
+on a linear-regression stream whose task switches every 32 steps.
 
     python -m launch.train                                  # this config, fresh runs/ dir
     python -m launch.train --config=launch/configs/default.py --workdir=runs/default
     python -m launch.train --config=launch/configs/default.py:smoke --workdir=/tmp/smoke
 
 `:smoke` shrinks everything to seconds (tests). Every field can be overridden, e.g.
-`--config.train.steps=2000 --config.family.name=optimizers_mlp`.
+`--config.train.steps=2000 --config.family.name=sgd_linear`.
 """
 
 from ml_collections import config_dict
@@ -21,9 +22,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
   # Where teachers come from: stream, family (a preset plus overrides), fixed fields.
   config.stream = learner_config.stream_config(
-      kind="linear_regression", dim=8, horizon=128, batch=1, task_switch_every=32,
+      kind="linear_regression", dim=8, horizon=64, batch=1, task_switch_every=32,
       noise=0.1)
-  config.family = learner_config.family_config("sgd_linear")
+  config.family = learner_config.family_config("small_mixed")
   config.teacher = learner_config.teacher_config()
 
   # The imitator: `kind` picks one block.
@@ -40,7 +41,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       context=config_dict.placeholder(int),  # None: the training horizon
       d_key=32, d_value=16, hidden=64)
   config.imitator.system_id = dict(mode="both", encoder_hidden=32, max_particles=64,
-                                   init_track=0.5, init_refine=0.1)
+                                   init_track=0.5, init_refine=0.05, init_temp=1.0,
+                                   init_forget=0.01, refine_every=4, split_groups=True,
+                                   meta_grad="full")
 
   # Baselines trained beside the imitator on the same teachers.
   config.baselines = dict(
@@ -49,10 +52,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       freeze_after=16, init_track=0.5)
 
   config.train = dict(
-      steps=1000, teachers=32, learning_rate=3e-3, warmup_steps=50, grad_clip=1.0,
+      steps=600, teachers=16, learning_rate=1e-2, warmup_steps=20, grad_clip=1.0,
       truncation=0,  # window of truncated backpropagation in steps; 0 = whole horizon
       remat=False, curriculum="",  # e.g. "32@200,64@400": horizon 32 until step 200, ...
-      log_every=50, eval_every=200, checkpoint_every=200, keep_checkpoints=3,
+      log_every=100, eval_every=200, checkpoint_every=200, keep_checkpoints=3,
       # Non-finite guard: after `nonfinite_patience` skipped steps in a row, go back to
       # the last checkpoint with the meta step size x rollback_lr_factor; stop after
       # max_rollbacks such returns.
@@ -60,7 +63,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       tensorboard=False,  # also write the logged metrics to workdir/tensorboard
       distributed=False)
 
-  config.eval = dict(seed=10_000, val_teachers=64, teachers=128,
+  config.eval = dict(seed=10_000, val_teachers=32, teachers=128,
                      window=0)  # evaluation unroll window in steps; 0 = whole horizon
 
   if "smoke" in parse_arg(arg, ("smoke",)):

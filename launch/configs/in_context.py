@@ -1,4 +1,4 @@
-"""`in_context` imitator on the main job's teachers (online linear SGD learners on a
+"""`in_context` imitator on the main job's teachers (the `small_mixed` family on a
 task-switching regression stream). The argument picks the architecture:
 
     python -m launch.train --config=launch/configs/in_context.py --workdir=runs/ic

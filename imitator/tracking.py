@@ -1,0 +1,82 @@
+"""Bounded steps for imitators: tracking the teacher's behaviour, and task steps that
+cannot overshoot.
+
+`affine_projection` pulls weights toward the teacher's behaviour a. With J the
+Jacobian of the raw outputs [B, k] with respect to the weights, M a positive diagonal
+preconditioner and d the change of raw outputs that would make the behaviour equal a,
+
+    w <- w + fraction * M J^T (J M J^T + ridge * tr(J M J^T) / m I)^-1 d      (m = B * k)
+
+the smallest (M-weighted) weight change that removes `fraction` of the linearized
+residual. Its effect on the outputs does not depend on the scale of the inputs or of
+the gradients, so for `fraction` in [0, 1] tracking cannot overshoot, whatever a shift
+does to the stream.
+
+`safeguard` scales a proposed step w + delta of a loss L by s = min(1, margin *
+(-g.delta) / q), q = L(w + delta) - L(w) - g.delta the curvature along delta measured
+by one more forward pass: a step that would land past twice the minimizer along its
+own direction (where plain gradient descent diverges) is shortened to land short of it.
+A step that is stable already (s = 1) is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_MAX_LOGIT_CORRECTION = 20.0  # in units of the temperature: probabilities down to e^-20
+_FLOOR = 1e-12
+SAFE_MARGIN = 0.95
+
+
+def output_correction(task: str, out, a, temperature=1.0):
+  """The change of raw outputs out [B, k] that makes the behaviour equal a [B, k]:
+  a - out for regression; for classification the change of logits that turns
+  softmax(out / temperature) into a (centered, clipped). Rows where a is not finite
+  (a teacher that blew up) get no correction."""
+  if task == "classification":
+    log_q = jax.nn.log_softmax(out / temperature, axis=-1)
+    d = temperature * (jnp.log(jnp.clip(a, jnp.exp(-_MAX_LOGIT_CORRECTION))) - log_q)
+    d = d - d.mean(-1, keepdims=True)
+    d = jnp.clip(d, -_MAX_LOGIT_CORRECTION * temperature,
+                 _MAX_LOGIT_CORRECTION * temperature)
+  else:
+    d = a - out
+  finite = jnp.all(jnp.isfinite(a), axis=-1, keepdims=True)
+  return jnp.where(finite, d, 0.0)
+
+
+def affine_projection(apply, params, fraction, correction, precondition=None,
+                      ridge: float = 1e-3):
+  """(params moved by the normalized step above, raw outputs before the step).
+
+  apply: params -> raw outputs [B, k]; correction: raw outputs -> wanted change [B, k]
+  (e.g. `output_correction`); precondition: positive pytree like params (M), or None."""
+  flat = lambda p: apply(p).reshape(-1)
+  out, vjp = jax.vjp(apply, params)
+  d = correction(out).reshape(-1)
+  jac = jax.jacrev(flat)(params)
+  scaled = jac if precondition is None else jax.tree.map(lambda j, m: j * m, jac,
+                                                         precondition)
+  gram = sum(jnp.tensordot(s, j, axes=(tuple(range(1, j.ndim)),) * 2)
+             for s, j in zip(jax.tree.leaves(scaled), jax.tree.leaves(jac)))
+  m = d.shape[0]
+  damp = ridge * jnp.trace(gram) / m + _FLOOR
+  coef = jnp.linalg.solve(gram + damp * jnp.eye(m, dtype=gram.dtype), d)
+  step = vjp(coef.reshape(out.shape))[0]
+  if precondition is not None:
+    step = jax.tree.map(jnp.multiply, step, precondition)
+  return jax.tree.map(lambda w, s: w + fraction * s, params, step), out
+
+
+def safeguard(loss, params, delta, grads, loss_at_params):
+  """delta scaled so that the step cannot overshoot (see the module docstring); grads
+  is the gradient of `loss` at params. Returns (scaled delta, the scale s)."""
+  slope = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(delta)))
+  moved = jax.tree.map(jnp.add, params, delta)
+  curvature = loss(moved) - loss_at_params - slope
+  overshoots = (slope < 0) & (curvature > -SAFE_MARGIN * slope)
+  scale = jnp.where(overshoots, SAFE_MARGIN * -slope / jnp.where(overshoots, curvature, 1.0),
+                    1.0)
+  scale = jnp.where(jnp.isfinite(scale) & jnp.isfinite(curvature), scale, 0.0)
+  return jax.tree.map(lambda d: scale * d, delta), scale

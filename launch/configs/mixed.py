@@ -1,0 +1,48 @@
+"""The whole teacher family: linear and MLP networks (relu, tanh, gelu), four optimizers
+(sgd, momentum, adam, rmsprop), every continual regularizer (L2 to anchor, online EWC,
+reservoir replay, shrink-and-perturb, each on or off per teacher), one or two inner steps,
+random initial weights as the family draws them; a task-switching regression stream, 4
+examples a step. The `system_id` imitator runs one particle per discrete member
+(32 here) and infers the continuous hyperparams and the weights.
+
+    python -m launch.train --config=launch/configs/mixed.py --workdir=runs/mixed
+    python -m launch.train --config=launch/configs/mixed.py --workdir=runs/mixed_gradient \\
+        --config.imitator.kind=gradient
+    python -m launch.train --config=launch/configs/mixed.py:smoke --workdir=/tmp/mixed
+    python -m launch.train --config=launch/configs/mixed.py:large --workdir=runs/mixed_large
+
+`:large` is sized for one GPU or a TPU slice (more teachers per step, the horizon of the
+main job, more outer steps); `:smoke` runs in seconds for tests.
+"""
+
+from launch.configs import default
+
+
+def get_config(arg=None):
+  words = default.parse_arg(arg, ("smoke", "large"))
+  config = default.get_config()
+  config.stream.batch = 4
+  config.stream.horizon = 64
+  config.family.name = "mixed"
+  config.imitator.kind = "system_id"
+  config.imitator.system_id.mode = "refine"
+  # The full meta-gradient through every particle's rollout takes ~10 min to compile
+  # here; the evidence-only one (particle trajectories held fixed) a fraction of that.
+  config.imitator.system_id.meta_grad = "evidence"
+  config.train.steps = 200
+  config.train.teachers = 8
+  config.train.log_every = 20
+  config.train.eval_every = 50
+  config.train.checkpoint_every = 50
+  config.train.warmup_steps = 10
+  config.train.learning_rate = 1e-2
+  config.eval.val_teachers = 32
+  if "large" in words:
+    config.stream.horizon = 128
+    config.train.steps = 2000
+    config.train.teachers = 64
+    config.eval.val_teachers = 128
+    config.imitator.system_id.meta_grad = "full"
+  if "smoke" in words:
+    default.shrink_to_smoke(config)
+  return config

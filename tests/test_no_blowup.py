@@ -1,0 +1,69 @@
+"""No imitator blows up under shift: under covariate_scale up to 8 every kind's
+predictions stay finite and within a bound set by the teachers it imitates."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from imitator import evaluate, train
+from launch.configs import default
+
+KINDS = (("gradient", {}), ("in_context", {"arch": "transformer"}),
+         ("in_context", {"arch": "recurrent"}), ("system_id", {}))
+STRENGTHS = (0.25, 2.0, 8.0)
+
+
+def _config(kind, options, family="sgd_linear"):
+  config = default.get_config("smoke")
+  config.family.name = family
+  config.imitator.kind = kind
+  for k, v in options.items():
+    config.imitator[kind][k] = v
+  config.eval.teachers = 32
+  return config
+
+
+def _assert_bounded(exp, meta, strengths):
+  """Runs every imitator of `meta` and the baselines over 4 x T_train on each shifted
+  stream; predictions must be finite and no larger than 100 x (1 + the largest teacher
+  output), on the teachers that themselves stay bounded."""
+  imitators, metas = evaluate.with_untrained(exp, meta)
+  runs = {name: jax.jit(functools.partial(evaluate.imitate, im, chunk=exp.setting.t))
+          for name, im in imitators.items()}
+  for strength in strengths:
+    setting, data = evaluate.shifted_setting(exp, f"covariate_scale:{strength!r}")
+    ep = evaluate.held_out(exp.config, setting, data, exp.config.eval.teachers,
+                           4 * exp.setting.t)
+    keep = np.asarray(evaluate.usable_teachers(ep))
+    # SGD teachers themselves diverge on inputs 8x larger: most are excluded there.
+    assert keep.sum() >= 1, f"no bounded teacher at strength {strength}"
+    scale = 1.0 + np.abs(np.asarray(ep.behaviour)[keep]).max()
+    keys = jax.random.split(jax.random.key(0), ep.x.shape[0])
+    for name in imitators:
+      a_hat = np.asarray(runs[name](metas[name], keys, ep.x, ep.y, ep.behaviour)[0])[keep]
+      assert np.isfinite(a_hat).all(), f"{name} non-finite at covariate_scale {strength}"
+      assert np.abs(a_hat).max() <= 100 * scale, (
+          f"{name} at covariate_scale {strength}: |prediction| {np.abs(a_hat).max():.3g} "
+          f"against teachers up to {scale - 1:.3g}")
+
+
+@pytest.mark.parametrize("kind,options", KINDS, ids=lambda v: v if isinstance(v, str)
+                         else v.get("arch", ""))
+def test_every_kind_at_initial_meta_params_stays_bounded(kind, options):
+  exp = train.Experiment(_config(kind, options))
+  _assert_bounded(exp, exp.init_state().meta, STRENGTHS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,options", KINDS, ids=lambda v: v if isinstance(v, str)
+                         else v.get("arch", ""))
+def test_every_kind_on_a_smoke_checkpoint_stays_bounded(kind, options, tmp_path):
+  config = _config(kind, options, family="small_mixed")
+  config.train.steps = 60
+  config.train.eval_every = 60
+  config.train.checkpoint_every = 60
+  train.train_and_evaluate(config, str(tmp_path))
+  exp = train.Experiment(config)
+  _assert_bounded(exp, evaluate.restore_meta(exp, str(tmp_path)), STRENGTHS)
