@@ -42,6 +42,7 @@ from imitator.base import Imitator
 from learners import networks
 
 _MOMENTS = (0.9, 0.99)  # EMA decays of the update network's gradient moments
+MAX_LOG_STEP_OFFSET = 8.0  # the adapted step stays within e^-8..e^8 of the meta-learned one
 
 
 class UpdateNet(nnx.Module):
@@ -181,19 +182,27 @@ class GradientImitator(Imitator):
     if not self.uses_y:
       new["params"] = params
       return new
-    loss = lambda p: self._data_loss(meta, p, x, y)
-    loss0, g_task = jax.value_and_grad(loss)(params)
+    # Weight decay is kept >= 0: a negative one grows the weights along directions the
+    # observed batch does not see, which no step-length safeguard on that batch detects.
+    decay = jax.tree.map(lambda wd: jnp.maximum(wd, 0.0), meta["weight_decay"])
+    data_loss = lambda p: self._data_loss(meta, p, x, y)
+    loss = lambda p: data_loss(p) + 0.5 * sum(
+        wd * jnp.sum(w * w) for wd, w in zip(jax.tree.leaves(decay), jax.tree.leaves(p)))
+    g_task = jax.grad(data_loss)(params)
     log_step = meta["log_step"]
     if self.adapt_steps:
+      # Bounded: each step moves the offset by up to beta, so over horizons far beyond
+      # training an unbounded offset drifts until exp() overflows.
       offset = jax.tree.map(
-          lambda o, beta, g, d: o - beta * jnp.sum(g * d) / (
+          lambda o, beta, g, d: jnp.clip(o - beta * jnp.sum(g * d) / (
               jnp.sqrt(jnp.sum(g * g) + 1e-12) * jnp.sqrt(jnp.sum(d * d) + 1e-12)),
+              -MAX_LOG_STEP_OFFSET, MAX_LOG_STEP_OFFSET),
           state["log_step_offset"], meta["hyper_step"], g_track,
           state["last_task_update"])
       log_step = jax.tree.map(jnp.add, log_step, offset)
       new["log_step_offset"] = offset
-    delta = jax.tree.map(lambda log_eta, g, wd, p: -jnp.exp(log_eta) * (g + wd * p),
-                         log_step, g_task, meta["weight_decay"], params)
+    g_reg = jax.tree.map(lambda g, wd, p: g + wd * p, g_task, decay, params)
+    delta = jax.tree.map(lambda log_eta, g: -jnp.exp(log_eta) * g, log_step, g_reg)
     if self.update_net:
       m, v = state["moments"]
       b1, b2 = _MOMENTS
@@ -208,7 +217,7 @@ class GradientImitator(Imitator):
 
       delta = jax.tree.map(learned, delta, g_task, g_track, m, v)
       new["moments"] = (m, v)
-    delta, _ = tracking.safeguard(loss, params, delta, g_task, loss0)
+    delta, _ = tracking.safeguard(loss, params, delta, g_reg, loss(params))
     if self.adapt_steps:
       new["last_task_update"] = delta
     new["params"] = jax.tree.map(jnp.add, params, delta)

@@ -16,7 +16,8 @@ does to the stream.
 (-g.delta) / q), q = L(w + delta) - L(w) - g.delta the curvature along delta measured
 by one more forward pass: a step that would land past twice the minimizer along its
 own direction (where plain gradient descent diverges) is shortened to land short of it.
-A step that is stable already (s = 1) is left exactly as it is.
+A step that is stable already (s = 1) is left exactly as it is; a step whose slope or
+curvature is not finite is not taken.
 """
 
 from __future__ import annotations
@@ -78,5 +79,7 @@ def safeguard(loss, params, delta, grads, loss_at_params):
   overshoots = (slope < 0) & (curvature > -SAFE_MARGIN * slope)
   scale = jnp.where(overshoots, SAFE_MARGIN * -slope / jnp.where(overshoots, curvature, 1.0),
                     1.0)
-  scale = jnp.where(jnp.isfinite(scale) & jnp.isfinite(curvature), scale, 0.0)
-  return jax.tree.map(lambda d: scale * d, delta), scale
+  finite = jnp.isfinite(scale) & jnp.isfinite(curvature) & jnp.isfinite(slope)
+  scale = jnp.where(finite, scale, 0.0)
+  # where, not a product: a non-finite delta must become 0, not 0 * inf = nan.
+  return jax.tree.map(lambda d: jnp.where(finite, scale * d, 0.0), delta), scale

@@ -18,10 +18,11 @@ def _final_meta(exp, workdir):
   return state
 
 
-@pytest.mark.parametrize("get_config,arg", [(default.get_config, "smoke"),
-                                            (in_context.get_config, "recurrent,smoke"),
-                                            (system_id.get_config, "smoke")],
-                         ids=["gradient", "in_context", "system_id"])
+@pytest.mark.parametrize("get_config,arg", [
+    (default.get_config, "smoke"),
+    pytest.param(in_context.get_config, "recurrent,smoke", marks=pytest.mark.slow),
+    pytest.param(system_id.get_config, "smoke", marks=pytest.mark.slow)],
+    ids=["gradient", "in_context", "system_id"])
 def test_smoke_run_beats_both_baselines_on_held_out_teachers(get_config, arg, tmp_path):
   config = get_config(arg)
   result = train.train_and_evaluate(config, str(tmp_path))
