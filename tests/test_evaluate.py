@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -136,7 +137,9 @@ def test_inspect_checkpoint_prints_and_exports(run, tmp_path):
   assert "checkpoint step: 40" in text and '"val_nie/imitator"' in text
   assert "imitator: " in text and "init/dense_0/w" in text
   assert "teacher:" in text and "context_only" in text
-  assert len([l for l in text.splitlines() if l.strip()[:1].isdigit() and "+" in l]) >= 5
+  step_row = re.compile(r"\s*\d+(\s+[+-]\d+\.\d+)+\s*")
+  step_rows = [l for l in text.splitlines() if step_row.fullmatch(l)]
+  assert len(step_rows) >= 5, text
   arrays = np.load(export)
   assert arrays["imitator/init/dense_0/w"].shape[0] == config.stream.dim
   assert f"{tuple(arrays['imitator/init/dense_0/w'].shape)}" in text
