@@ -58,19 +58,6 @@ def test_every_kind_at_initial_meta_params_stays_bounded(kind, options):
   _assert_bounded(exp, exp.init_state().meta, STRENGTHS)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind,options", KINDS, ids=lambda v: v if isinstance(v, str)
-                         else v.get("arch", ""))
-def test_every_kind_on_a_smoke_checkpoint_stays_bounded(kind, options, tmp_path):
-  config = _config(kind, options, family="small_mixed")
-  config.train.steps = 60
-  config.train.eval_every = 60
-  config.train.checkpoint_every = 60
-  train.train_and_evaluate(config, str(tmp_path))
-  exp = train.Experiment(config)
-  _assert_bounded(exp, evaluate.restore_meta(exp, str(tmp_path)), STRENGTHS)
-
-
 def test_gradient_imitator_is_stable_by_construction_for_any_meta_params():
   """Meta-params chosen to break it: negative weight decay, large and fast-adapting
   step sizes, full tracking. Over 16 x T_train its predictions stay finite and bounded
