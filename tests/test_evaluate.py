@@ -29,6 +29,7 @@ def run(tmp_path_factory):
   return workdir, config
 
 
+@pytest.mark.slow
 def test_battery_report_schema_table_and_plots(run, tmp_path):
   workdir, config = run
   exp = train.Experiment(config)
@@ -125,6 +126,7 @@ def test_new_shifts_do_what_their_docs_say():
     shifts.apply(config, "nope")
 
 
+@pytest.mark.slow
 def test_inspect_checkpoint_prints_and_exports(run, tmp_path):
   workdir, config = run
   export = str(tmp_path / "meta.npz")
@@ -149,6 +151,7 @@ def test_inspect_checkpoint_prints_and_exports(run, tmp_path):
   assert bad.returncode == 2 and "--step=7" in bad.stderr and "[20, 40]" in bad.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_command_refuses_an_unknown_shift(run):
   workdir, _ = run
   out = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}",

@@ -281,9 +281,12 @@ def finite_rollouts(fam, hp, keys, stream):
           & jnp.isfinite(traj.loss).all(-1))
 
 
+SLOW_PRESETS = ("mixed", "small_mixed", "continual_mlp", "adam_mlp", "optimizers_mlp")
+
+
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in ("mixed", "small_mixed", "continual_mlp")
-    else n for n in sorted(FAMILIES)])
+    pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n
+    for n in sorted(FAMILIES)])
 def test_presets_are_stable_over_16x_the_default_horizon(name):
   """Per task, 256 sampled members on default streams of 16x the default horizon, half
   of them on streams that switch tasks every default horizon: every behaviour and loss

@@ -103,7 +103,8 @@ def test_linear_self_attention_with_von_oswald_weights_is_one_gd_step():
   np.testing.assert_allclose(out[0, :dx], 0.0, atol=1e-7)
 
 
-@pytest.mark.parametrize("arch", ["transformer", "linear_transformer", "recurrent"])
+@pytest.mark.parametrize("arch", [pytest.param("transformer", marks=pytest.mark.slow),
+                                  "linear_transformer", "recurrent"])
 @pytest.mark.parametrize("task,out", [("regression", 1), ("classification", 3)])
 def test_in_context_parallel_unroll_equals_stepwise(arch, task, out):
   B, L = 2, 9

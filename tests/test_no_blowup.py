@@ -1,5 +1,7 @@
 """No imitator blows up under shift: under covariate_scale up to 8 every kind's
-predictions stay finite and within a bound set by the teachers it imitates."""
+predictions stay finite and within a bound set by the teachers it imitates (here at
+initial and adversarial meta-params; test_train checks every kind's trained smoke
+checkpoint with `assert_bounded`)."""
 
 import functools
 
@@ -25,7 +27,7 @@ def _config(kind, options, family="sgd_linear"):
   return config
 
 
-def _assert_bounded(exp, meta, strengths, multiple=4):
+def assert_bounded(exp, meta, strengths, multiple=4):
   """Runs every imitator of `meta` and the baselines over `multiple` x T_train on each
   stream; predictions must be finite and no larger than 100 x (1 + the largest teacher
   output), on the teachers that themselves stay bounded."""
@@ -55,7 +57,7 @@ def _assert_bounded(exp, meta, strengths, multiple=4):
     ids=lambda v: v if isinstance(v, str) else v.get("arch", ""))
 def test_every_kind_at_initial_meta_params_stays_bounded(kind, options):
   exp = train.Experiment(_config(kind, options))
-  _assert_bounded(exp, exp.init_state().meta, STRENGTHS)
+  assert_bounded(exp, exp.init_state().meta, STRENGTHS)
 
 
 def test_gradient_imitator_is_stable_by_construction_for_any_meta_params():
@@ -70,4 +72,4 @@ def test_gradient_imitator_is_stable_by_construction_for_any_meta_params():
   bad["hyper_step"] = jax.tree.map(lambda v: v * 0 + 1.0, bad["hyper_step"])
   bad["log_step"] = jax.tree.map(lambda v: v * 0 + 2.0, bad["log_step"])
   bad["track_logit"] = bad["track_logit"] * 0 + 10.0
-  _assert_bounded(exp, dict(meta, imitator=bad), (1.0,), multiple=16)
+  assert_bounded(exp, dict(meta, imitator=bad), (1.0,), multiple=16)

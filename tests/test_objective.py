@@ -33,7 +33,8 @@ def _imitators():
   }
 
 
-@pytest.mark.parametrize("name", ["gradient", "recurrent", "transformer"])
+@pytest.mark.parametrize("name", ["gradient", "recurrent",
+                                  pytest.param("transformer", marks=pytest.mark.slow)])
 def test_windowed_unroll_equals_the_whole_unroll(name):
   im = _imitators()[name]
   meta = im.init_meta(jax.random.key(2))
@@ -43,6 +44,7 @@ def test_windowed_unroll_equals_the_whole_unroll(name):
   np.testing.assert_allclose(windowed, whole, atol=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gradient", "recurrent"])
 def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
   im = _imitators()[name]

@@ -39,6 +39,7 @@ def _run(devices, out):
   return dict(np.load(out)), open(out + ".hlo").read()
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_meta_params(tmp_path):
   one, _ = _run(1, str(tmp_path / "one.npz"))
   four, hlo = _run(4, str(tmp_path / "four.npz"))
@@ -49,6 +50,7 @@ def test_one_and_four_devices_give_the_same_meta_params(tmp_path):
   assert "all-reduce" in hlo
 
 
+@pytest.mark.slow
 def test_outer_step_is_traced_once_across_steps(tmp_path, monkeypatch):
   traces = []
   real = objective.loss_and_grads

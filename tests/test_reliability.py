@@ -49,6 +49,7 @@ def _train_cmd(workdir, *flags):
           f"--workdir={workdir}", *flags]
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
   flags = ["--config.train.steps=800", "--config.train.log_every=25",
            "--config.train.eval_every=1000", "--config.train.checkpoint_every=1000"]
@@ -83,6 +84,7 @@ def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
     assert f1.read() == f2.read()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
   config = _smoke(steps=20)
   for name in ("a", "b"):
@@ -122,6 +124,7 @@ def test_nonfinite_steps_are_skipped_rolled_back_then_stopped(tmp_path, monkeypa
   assert all(l["nonfinite_steps/imitator"] == 0 for l in lines)
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
   config = _smoke(steps=40)
   workdir = str(tmp_path)
@@ -145,6 +148,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
   assert train.train_and_evaluate(config, workdir)["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_restore_with_other_shapes_names_the_differing_fields(tmp_path):
   config = _smoke(steps=20)
   train.train_and_evaluate(config, str(tmp_path), stop_at_step=20)

@@ -74,6 +74,7 @@ def assert_trees_close(a, b, rtol, atol, what=""):
                                rtol=rtol, atol=atol, err_msg=f"{what} leaf {i}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,shared", [("classification", False)])
 def test_mixed_population_equals_members_one_by_one(task, shared):
   """Each case compiles the mixed family twice (vmapped and single), ~10 s each, so the

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from imitator import checkpoint, episodes, evaluate, train
-from launch.configs import default, in_context, system_id
+from launch.configs import default, in_context, mixed, system_id
+
+import test_no_blowup  # tests/ is on sys.path (pytest's default import mode)
 
 
 def _final_meta(exp, workdir):
@@ -18,13 +20,18 @@ def _final_meta(exp, workdir):
   return state
 
 
-@pytest.mark.parametrize("get_config,arg", [
-    (default.get_config, "smoke"),
-    pytest.param(in_context.get_config, "recurrent,smoke", marks=pytest.mark.slow),
-    pytest.param(system_id.get_config, "smoke", marks=pytest.mark.slow)],
-    ids=["gradient", "in_context", "system_id"])
-def test_smoke_run_beats_both_baselines_on_held_out_teachers(get_config, arg, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("get_config,arg,kind", [
+    (default.get_config, "smoke", None), (in_context.get_config, "recurrent,smoke", None),
+    (system_id.get_config, "smoke", None), (mixed.get_config, "smoke", "gradient")],
+    ids=["gradient", "in_context", "system_id", "mixed_gradient"])
+def test_smoke_run_beats_both_baselines_and_its_checkpoint_stays_bounded(
+    get_config, arg, kind, tmp_path):
+  """A smoke meta-training beats `frozen` and `context_only` on held-out teachers, and
+  its checkpoint's predictions stay finite and bounded on inputs 8x larger."""
   config = get_config(arg)
+  if kind:
+    config.imitator.kind = kind
   result = train.train_and_evaluate(config, str(tmp_path))
   rows = {r["imitator"]: r for r in result["report"]["results"]}
   main = [r for name, r in rows.items()
@@ -35,8 +42,11 @@ def test_smoke_run_beats_both_baselines_on_held_out_teachers(get_config, arg, tm
   assert rows["oracle"]["nie"] == 0.0
   with open(tmp_path / "eval" / "report.json") as f:
     assert json.load(f) == result["report"]
+  exp = train.Experiment(config)
+  test_no_blowup.assert_bounded(exp, _final_meta(exp, str(tmp_path)).meta, (8.0,))
 
 
+@pytest.mark.slow
 def test_report_schema(tmp_path):
   config = default.get_config("smoke")
   config.train.steps = 20
@@ -64,6 +74,7 @@ def test_report_schema(tmp_path):
   assert "val_nie/imitator" in lines[-1]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
   config = default.get_config("smoke")
   config.train.steps = 24
@@ -84,6 +95,7 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
     assert f1.read() == f2.read()
 
 
+@pytest.mark.slow
 def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
   """Poisoning what an imitator must not see (hyperparams, the teacher's own loss) leaves
   every imitator's loss and update unchanged: only x, y and a reach it."""
@@ -104,6 +116,7 @@ def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_horizon_curriculum_runs_stages_then_the_full_horizon(tmp_path):
   config = default.get_config("smoke")
   config.train.steps = 20
