@@ -281,7 +281,8 @@ def finite_rollouts(fam, hp, keys, stream):
           & jnp.isfinite(traj.loss).all(-1))
 
 
-SLOW_PRESETS = ("mixed", "small_mixed", "continual_mlp", "adam_mlp", "optimizers_mlp")
+SLOW_PRESETS = ("mixed", "small_mixed", "continual_mlp", "adam_mlp", "optimizers_mlp",
+                "optimizers_linear")
 
 
 @pytest.mark.parametrize("name", [

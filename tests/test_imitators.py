@@ -34,7 +34,8 @@ def _teacher(name, task="regression", overrides=None, width=8, dim=5, n_classes=
 @pytest.mark.parametrize("name,task,update_net", [("sgd_mlp", "regression", False),
                                                   ("sgd_linear", "regression", False),
                                                   ("sgd_mlp", "classification", False),
-                                                  ("sgd_mlp", "regression", True)])
+                                                  pytest.param("sgd_mlp", "regression", True,
+                                                               marks=pytest.mark.slow)])
 def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task, update_net):
   fam, hp, key, stream, traj = _teacher(name, task,
                                         overrides={"weight_decay": 1e-3})
@@ -104,7 +105,8 @@ def test_linear_self_attention_with_von_oswald_weights_is_one_gd_step():
 
 
 @pytest.mark.parametrize("arch", [pytest.param("transformer", marks=pytest.mark.slow),
-                                  "linear_transformer", "recurrent"])
+                                  pytest.param("linear_transformer", marks=pytest.mark.slow),
+                                  "recurrent"])
 @pytest.mark.parametrize("task,out", [("regression", 1), ("classification", 3)])
 def test_in_context_parallel_unroll_equals_stepwise(arch, task, out):
   B, L = 2, 9

@@ -16,6 +16,8 @@ KINDS = (("gradient", {}), ("in_context", {"arch": "transformer"}),
          ("in_context", {"arch": "recurrent"}), ("system_id", {}))
 STRENGTHS = (0.25, 2.0, 8.0)
 
+pytestmark = pytest.mark.slow
+
 
 def _config(kind, options, family="sgd_linear"):
   config = default.get_config("smoke")
@@ -51,10 +53,8 @@ def assert_bounded(exp, meta, strengths, multiple=4):
           f"against teachers up to {scale - 1:.3g}")
 
 
-@pytest.mark.parametrize("kind,options", [
-    k if k[0] == "gradient" or k[1].get("arch") == "recurrent"
-    else pytest.param(*k, marks=pytest.mark.slow) for k in KINDS],
-    ids=lambda v: v if isinstance(v, str) else v.get("arch", ""))
+@pytest.mark.parametrize("kind,options", KINDS,
+                         ids=lambda v: v if isinstance(v, str) else v.get("arch", ""))
 def test_every_kind_at_initial_meta_params_stays_bounded(kind, options):
   exp = train.Experiment(_config(kind, options))
   assert_bounded(exp, exp.init_state().meta, STRENGTHS)

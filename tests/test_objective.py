@@ -33,7 +33,7 @@ def _imitators():
   }
 
 
-@pytest.mark.parametrize("name", ["gradient", "recurrent",
+@pytest.mark.parametrize("name", [pytest.param("gradient", marks=pytest.mark.slow), "recurrent",
                                   pytest.param("transformer", marks=pytest.mark.slow)])
 def test_windowed_unroll_equals_the_whole_unroll(name):
   im = _imitators()[name]

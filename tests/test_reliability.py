@@ -93,6 +93,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
   assert a == b and len(a.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_rolled_back_then_stopped(tmp_path, monkeypatch,
                                                              caplog):
   real = objective.loss_and_grads

@@ -34,6 +34,7 @@ def test_twin_is_the_teacher_when_the_family_draws_nothing(linear):
   np.testing.assert_allclose(refs["twin"], np.asarray(ep.behaviour), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_twin_shares_weights_but_not_draws_with_replay_and_shrink_perturb():
   config = default.get_config("smoke")
   config.family.name = "sgd_linear"
