@@ -74,8 +74,9 @@ class Checkpoints:
   def restore(self, abstract_state, step: int | None = None, best: bool = False,
               config: dict | None = None):
     """(state, info) of `step`, or of the newest readable checkpoint (the best one with
-    best=True); (None, None) when there is none. `config` (a dict) names the fields
-    that differ when the shapes do not match."""
+    best=True; when the best one cannot be read, the newest readable one of
+    checkpoints/, with a warning); (None, None) when there is none. `config` (a dict)
+    names the fields that differ when the shapes do not match."""
     mngr = self.best if best else self.latest
     if step is not None:
       candidates = [step]
@@ -84,12 +85,13 @@ class Checkpoints:
     else:
       candidates = sorted(mngr.all_steps(), reverse=True)
     expected = shapes(abstract_state)
+    fallback = best and step is None  # an unreadable best/ falls back to checkpoints/
     for s in candidates:
       try:
         info = mngr.restore(s, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info
         saved = info["shapes"]
       except Exception as e:  # pylint: disable=broad-except
-        self._unreadable(mngr, s, e, explicit=step is not None)
+        self._unreadable(mngr, s, e, explicit=step is not None, quiet=fallback)
         continue
       if saved != expected:
         raise ValueError(self._mismatch(mngr, s, saved, expected, info.get("config"),
@@ -99,13 +101,22 @@ class Checkpoints:
         state = mngr.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract))).state
       except Exception as e:  # pylint: disable=broad-except
-        self._unreadable(mngr, s, e, explicit=step is not None)
+        self._unreadable(mngr, s, e, explicit=step is not None, quiet=fallback)
         continue
-      self._set_aside(mngr, [c for c in candidates if c > s])
+      if not best:
+        self._set_aside(mngr, [c for c in candidates if c > s])
       return state, info
+    if candidates and fallback and self.latest.all_steps():
+      state, info = self.restore(abstract_state, config=config)
+      if state is not None:
+        logging.warning("best checkpoint step %d in %s is unreadable; using the newest "
+                        "readable checkpoint instead, step %d of %s", candidates[0],
+                        mngr.directory, int(info["step"]), self.latest.directory)
+        return state, info
     if candidates:
       raise ValueError(f"no readable checkpoint in {mngr.directory} (tried steps "
-                       f"{candidates}); move the directory away to start afresh.")
+                       f"{candidates}); this run cannot resume from it: restore the "
+                       "directory from a backup, or train into a fresh --workdir.")
     return None, None
 
   @staticmethod
@@ -125,12 +136,13 @@ class Checkpoints:
       mngr.reload()
 
   @staticmethod
-  def _unreadable(mngr, step, error, explicit):
+  def _unreadable(mngr, step, error, explicit, quiet=False):
     message = (f"checkpoint step {step} in {mngr.directory} is unreadable "
                f"({type(error).__name__}: {str(error)[:200]})")
     if explicit:
       raise ValueError(message)
-    logging.warning("%s; falling back to the previous checkpoint", message)
+    if not quiet:
+      logging.warning("%s; falling back to the previous checkpoint", message)
 
   @staticmethod
   def _mismatch(mngr, step, saved, expected, saved_config, config):

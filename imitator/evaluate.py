@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imitator import checkpoint, episodes, kinds, metrics, objective, parallel
+from imitator import workdir as workdir_lib
 from learners import family as family_lib
 from learners import learner, networks, rollout, shifts, streams
 
@@ -520,7 +521,18 @@ def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = 
                  comparisons: list | None = None):
   """Merges rows (by imitator, shift, strength and horizon) and comparisons into
   workdir/eval/report.json, keeping everything else it holds; recomputes the breaking
-  points and rewrites report.md."""
+  points and rewrites report.md. If merging or writing fails, the computed rows are kept
+  beside report.json and a ValueError says where (nothing computed is lost)."""
+  try:
+    return _merge_into_report(workdir, t_train, rows, skipped, comparisons)
+  except Exception as e:  # pylint: disable=broad-except
+    path = workdir_lib.keep_unmerged(workdir, rows, skipped, comparisons, e)
+    raise ValueError(f"could not merge the results into {workdir_lib.report_path(workdir)} "
+                     f"({type(e).__name__}: {e}); the computed rows are kept in {path}; "
+                     "fix or move report.json aside and run again.") from None
+
+
+def _merge_into_report(workdir, t_train, rows, skipped, comparisons):
   path = os.path.join(workdir, "eval", "report.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   report = {"t_train": t_train, "results": []}

@@ -12,6 +12,7 @@ is kept as the `best/` checkpoint, which is evaluated on held-out teachers at th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from imitator import checkpoint, config_schema, episodes, evaluate, kinds, metrics
 from imitator import objective
 from imitator import parallel
+from imitator import workdir as workdir_lib
 
 
 class TrainState(NamedTuple):
@@ -208,16 +210,6 @@ class _Preemption:
       signal.signal(sig, handler)
 
 
-def _trim_metrics(path: str, last_step: int):
-  """Drops lines logged after `last_step` (a resumed run writes them again)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= last_step]
-  with open(path, "w") as f:
-    f.writelines(lines)
-
-
 def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
@@ -236,38 +228,140 @@ def _nonfinite_message(exp, ts, step) -> str:
 
 
 def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
-                       command: str | None = None) -> dict:
+                       command: str | None = None,
+                       allow_config_change: bool = False) -> dict:
   """Meta-trains the configured imitator and baselines; returns the final report.
 
   `stop_at_step` stops early as a preemption would (checkpoint, no evaluation); the
   same call without it resumes to `config.train.steps`. Status 'diverged' means the
-  non-finite guard gave up (the message says what to change). `command`, the command
-  line that started the run, is kept in workdir/command.txt (the first one: a resumed
-  run keeps it)."""
+  non-finite guard gave up (the message says what to change); 'complete' means the run
+  had already finished and been evaluated: nothing is written, its report is returned.
+  `command`, the command line that started the run, is kept in workdir/command.txt (the
+  first one: a resumed run keeps it).
+
+  The workdir is locked while this runs (another process on it is a ValueError naming
+  its pid). A restart resumes from the newest readable checkpoint; its config may differ
+  from the run's config.json only in workdir.RESUMABLE fields unless
+  `allow_config_change`. A run whose checkpoints are gone is refused, not restarted."""
   exp = Experiment(config)  # validates everything before the workdir is touched
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create workdir {workdir!r} ({e.strerror}); give a --workdir "
+                     "this user can write to.") from None
+  held = (workdir_lib.lock(workdir, command or "imitator.train.train_and_evaluate")
+          if parallel.is_primary() and "://" not in workdir else contextlib.nullcontext())
+  with held:
+    return _train_and_evaluate(exp, workdir, stop_at_step, command, allow_config_change)
+
+
+def _no_checkpoint_message(workdir, records, best_steps) -> str:
+  found = (f"{workdir_lib.metrics_path(workdir)} holds a run up to step "
+           f"{max(r['step'] for r in records)}" if records else
+           f"{os.path.join(workdir, 'best')} holds step(s) {best_steps}")
+  return (f"{found} but {os.path.join(workdir, 'checkpoints')} has no checkpoint to resume "
+          "from (deleted?); restore checkpoints/ from a backup, or train into a fresh "
+          "--workdir (starting this one again from step 0 needs its files moved away).")
+
+
+def _checked_config(exp, workdir, restored, info, allow_change) -> tuple[str, str | None]:
+  """config.json's new text and why to write it (None: it holds that text already;
+  'recover': it is missing or damaged; 'changed': --allow_config_change; 'update': a
+  resumable field or a new run), after comparing the config with the run's (config.json,
+  or the checkpoint's when config.json is missing or damaged)."""
+  config = exp.config
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  path = workdir_lib.config_path(workdir)
+  try:
+    saved = workdir_lib.read_saved_config(workdir)
+  except ValueError as e:
+    if restored is None:
+      logging.warning("%s; overwriting it (there is no checkpoint)", str(e).split(";")[0])
+      return text, "recover"
+    logging.warning("%s; rewriting it from checkpoint step %d", str(e).split(";")[0],
+                    int(info["step"]))
+    saved, why = info.get("config"), "recover"
+  else:
+    why = "update"
+    if saved is None and restored is not None:
+      logging.warning("%s is missing; rewriting it from checkpoint step %d", path,
+                      int(info["step"]))
+      saved, why = info.get("config"), "recover"
+  # Without a checkpoint the run starts again from step 0: nothing of it is mixed in.
+  changes = (workdir_lib.config_changes(saved, _config_dict(config))
+             if restored is not None else [])
+  if changes and not allow_change:
+    raise ValueError(
+        f"this config differs from the run's ({path}) in {'; '.join(changes)}; a restart "
+        f"may change only {', '.join(workdir_lib.RESUMABLE)}. Use the run's config (its "
+        "config.json / command.txt), a fresh --workdir, or --allow_config_change to "
+        "continue this run with the new values.")
+  if changes:
+    logging.warning("config changed on restart (--allow_config_change): %s",
+                    "; ".join(changes))
+    return text, "changed"
+  if why == "update" and os.path.exists(path):
+    with open(path, errors="replace") as f:
+      if f.read() == text:
+        return text, None
+  return text, why
+
+
+def _write_config(workdir, text, why, step):
+  path = workdir_lib.config_path(workdir)
+  if why == "changed" and os.path.exists(path):
+    kept = os.path.join(workdir, f"config.before-step{step}.json")
+    os.replace(path, kept)
+    logging.warning("the run's previous config is kept in %s", kept)
+  workdir_lib.write_atomically(path, text)
+
+
+def _train_and_evaluate(exp, workdir, stop_at_step, command, allow_config_change):
+  config = exp.config
   tcfg = config.train
-  os.makedirs(workdir, exist_ok=True)
+  primary = parallel.is_primary()
+  metrics_path = workdir_lib.metrics_path(workdir)
+  had_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints"))
+  records = workdir_lib.read_metrics(metrics_path) if primary else []
+  report = workdir_lib.read_report(workdir)
   ckpt = checkpoint.Checkpoints(workdir, keep=tcfg.keep_checkpoints)
-  abstract = exp.abstract_state()
-  restored, info = ckpt.restore(abstract, config=_config_dict(config))
+  try:
+    abstract = exp.abstract_state()
+    restored, info = ckpt.restore(abstract, config=_config_dict(config))
+    if restored is None:
+      best_steps = ckpt.steps(best=True)
+      if (records and not had_checkpoints) or best_steps:
+        raise ValueError(_no_checkpoint_message(workdir, records, best_steps))
+    config_text, why = _checked_config(exp, workdir, restored, info, allow_config_change)
+  except BaseException:
+    ckpt.close()
+    raise
   best_nie = float("inf")
   ts = exp.init_state()
   if restored is not None:
     ts = restored
     best_nie = info.get("best_val_nie") or best_nie
+    t = exp.setting.t
+    done = int(ts.step) >= tcfg.steps and any(
+        r["imitator"] == kinds.label(config) for r in workdir_lib.training_rows(report, t))
+    if done:
+      ckpt.close()
+      if primary and why == "recover":
+        _write_config(workdir, config_text, why, int(ts.step))
+      logging.info("the run in %s is complete (step %d); its report is %s", workdir,
+                   int(ts.step), workdir_lib.report_path(workdir))
+      return {"status": "complete", "step": int(ts.step), "report": report, "t_train": t}
     logging.info("resumed from step %d in %s", int(ts.step), workdir)
-  primary = parallel.is_primary()
   if primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    if why is not None:
+      _write_config(workdir, config_text, why, int(ts.step))
     command_path = os.path.join(workdir, "command.txt")
     if command and not os.path.exists(command_path):
       with open(command_path, "w") as f:
         f.write(command + "\n")
   ts = exp.place(ts)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   if primary:
-    _trim_metrics(metrics_path, int(ts.step))
+    workdir_lib.rewrite_metrics(metrics_path, int(ts.step), records)
 
   writer = None
   if tcfg.tensorboard and primary:
@@ -313,7 +407,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
                         float(ts.lr_scale))
         step = int(ts.step)
         if primary:
-          _trim_metrics(metrics_path, step)
+          workdir_lib.rewrite_metrics(metrics_path, step)
         continue
       record, val_nie = None, None
       if step % tcfg.log_every == 0 or last:
@@ -353,7 +447,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
   logging.info("training took %s; evaluating the best checkpoint", _duration(
       time.time() - started))
   report = evaluate.final_report(exp, workdir)
-  return {"status": status, "step": step, "report": report}
+  return {"status": status, "step": step, "report": report, "t_train": exp.setting.t}
 
 
 def _duration(seconds: float) -> str:

@@ -9,6 +9,11 @@ the plots nie.png, forgetting.png and sweep_<shift>.png. Shifts: none and the na
 learners.shifts (optionally NAME:strength); --stream_npz adds the user's stream as shift
 `npz`; each --sweep evaluates a shift at several strengths (its defaults when only the
 name is given: imitator.evaluate.DEFAULT_SWEEPS).
+
+The workdir is locked while evaluating (exit 2 naming the holder's pid if a training or
+another evaluation is using it). A damaged report.json is refused before anything is
+computed; if merging the computed rows still fails they are written beside report.json
+(eval/report.unmerged-*.json) and the message says where.
 """
 
 import os
@@ -49,7 +54,16 @@ def main(argv):
     if not os.path.exists(_STREAM_NPZ.value):
       raise ValueError(f"--stream_npz={_STREAM_NPZ.value!r} does not exist.")
     names.append("npz")
+  if not names and not sweeps:
+    raise ValueError(f"--shifts={','.join(_SHIFTS.value)!r} names no shift; allowed: "
+                     f"{list(evaluate.BATTERY)}.")
   config = workdir_lib.load_config(_WORKDIR.value, defaults=default.get_config())
+  with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
+    _evaluate(config, names, sweeps)
+
+
+def _evaluate(config, names, sweeps):
+  workdir_lib.read_report(_WORKDIR.value)  # a damaged report.json: refused before computing
   if _TEACHERS.value:
     config.eval.teachers = _TEACHERS.value
   if config.eval.teachers < 64:
