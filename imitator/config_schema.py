@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 from typing import Any, Callable
 
+from imitator import gradient
 from learners import family as family_lib
 from learners import networks, streams
 
@@ -55,7 +56,7 @@ SCHEMA: dict[str, Any] = {
                      "inner_steps": _int(1), "init_lr": _float(0, open_low=True),
                      "init_track": _float(0, 1, open_low=True), "adapt_steps": _BOOL,
                      "init_hyper_step": _float(), "update_net": _BOOL,
-                     "update_net_width": _int(1)},
+                     "update_net_width": _int(1), "tracker": _choice(gradient.TRACKERS)},
         "in_context": {"arch": _choice(("transformer", "linear_transformer", "recurrent")),
                        "d_model": _int(1), "n_heads": _int(1), "n_layers": _int(1),
                        "mlp_ratio": _int(1), "context": _int(1, optional=True),
@@ -70,7 +71,8 @@ SCHEMA: dict[str, Any] = {
                       "meta_grad": _choice(("full", "evidence"))},
     },
     "baselines": {**_NET, "freeze_after": _int(0),
-                  "init_track": _float(0, 1, open_low=True)},
+                  "init_track": _float(0, 1, open_low=True),
+                  "tracker": _choice(gradient.TRACKERS)},
     "train": {"steps": _int(1), "teachers": _int(1),
               "learning_rate": _float(0, open_low=True), "warmup_steps": _int(0),
               "grad_clip": _float(0, open_low=True), "truncation": _int(0),

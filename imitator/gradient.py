@@ -6,6 +6,10 @@ parametrization). Each `observe(x, y, a)` takes `inner_steps` steps, each
 1. tracking: the weights move toward the teacher's behaviour a by the normalized step of
    `imitator.tracking.affine_projection`, removing a fraction sigmoid(track_logit) of
    the residual, preconditioned per parameter (or per layer) by exp(log_track_scale);
+   with `tracker="kalman"`, by `imitator.tracking.kalman_projection` instead, which
+   carries a weight covariance (fast state, [n, n]) from that preconditioner on, with a
+   meta-learned random-walk noise exp(log_process_noise), so that what earlier
+   observations identified is not re-learned;
 2. task: from there, w <- w - eta_task * (grad L_task(w; x, y) + wd * w)
    [+ exp(log_scale) * U(features) with the optional learned update network U],
    shortened by `tracking.safeguard` only where it would overshoot (beyond the
@@ -34,6 +38,7 @@ import dataclasses
 import math
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 from flax import nnx
 
@@ -42,6 +47,7 @@ from imitator.base import Imitator
 from learners import networks
 
 _MOMENTS = (0.9, 0.99)  # EMA decays of the update network's gradient moments
+TRACKERS = ("affine", "kalman")
 MAX_LOG_STEP_OFFSET = 8.0  # the adapted step stays within e^-8..e^8 of the meta-learned one
 
 
@@ -73,11 +79,15 @@ class GradientImitator(Imitator):
   update_net: bool = False
   update_net_width: int = 16
   init_scale: float = 1.0
+  tracker: str = "affine"  # or "kalman"
+  init_process_noise: float = 1e-2
 
   def __post_init__(self):
     if not 0.0 < self.init_track < 1.0:
       raise ValueError(f"imitator init_track={self.init_track!r} must be in (0, 1): the "
                        "fraction of the residual each tracking step removes.")
+    if self.tracker not in TRACKERS:
+      raise ValueError(f"imitator tracker={self.tracker!r}; allowed: {list(TRACKERS)}.")
     if self.step_size not in ("per_parameter", "per_layer"):
       raise ValueError(f"imitator step_size={self.step_size!r}; allowed: "
                        "['per_parameter', 'per_layer'].")
@@ -120,6 +130,8 @@ class GradientImitator(Imitator):
         "weight_decay": jax.tree.map(lambda p: jnp.zeros((), jnp.float32), params),
         "log_temperature": jnp.zeros((), jnp.float32),
     }
+    if self.tracker == "kalman":
+      meta["log_process_noise"] = jnp.asarray(math.log(self.init_process_noise), jnp.float32)
     if not self.uses_y:
       meta["log_step"] = jax.tree.map(jnp.zeros_like, meta["log_step"])  # unused
     if self.adapt_steps:
@@ -133,6 +145,8 @@ class GradientImitator(Imitator):
 
   def init(self, meta, key):
     state = {"params": meta["init"], "step": jnp.zeros((), jnp.int32)}
+    if self.tracker == "kalman":
+      state["track_cov"] = jnp.diag(self._track_prior(meta))
     if self.adapt_steps:
       state["log_step_offset"] = jax.tree.map(lambda p: jnp.zeros(()), meta["init"])
       state["last_task_update"] = jax.tree.map(jnp.zeros_like, meta["init"])
@@ -142,6 +156,15 @@ class GradientImitator(Imitator):
     return state
 
   # ----------------------------------------------------------------- protocol
+
+  def _track_precondition(self, meta):
+    """M: exp(log_track_scale) broadcast to every parameter."""
+    return jax.tree.map(lambda s, p: jnp.broadcast_to(jnp.exp(s), p.shape),
+                        meta["log_track_scale"], meta["init"])
+
+  def _track_prior(self, meta):
+    """The diagonal of M over the flattened params [n]."""
+    return jax.flatten_util.ravel_pytree(self._track_precondition(meta))[0]
 
   def predict(self, meta, state, x):
     return self.behaviour(self.apply(state["params"], x), meta["log_temperature"])
@@ -174,11 +197,17 @@ class GradientImitator(Imitator):
     if self.adapt_steps or self.update_net:
       _, g_track = self._loss_grads(meta, params, x, y, a)
     temperature = jnp.exp(meta["log_temperature"])
-    precondition = jax.tree.map(lambda s, p: jnp.broadcast_to(jnp.exp(s), p.shape),
-                                meta["log_track_scale"], params)
-    params, _ = tracking.affine_projection(
-        lambda p: self.apply(p, x), params, jax.nn.sigmoid(meta["track_logit"]),
-        lambda out: tracking.output_correction(self.task, out, a, temperature), precondition)
+    correction = lambda out: tracking.output_correction(self.task, out, a, temperature)
+    if self.tracker == "kalman":
+      # noise ratio e^-logit: from P = M the first step removes sigmoid(logit) of the
+      # residual, as the affine projection does.
+      params, new["track_cov"], _ = tracking.kalman_projection(
+          lambda p: self.apply(p, x), params, jnp.exp(-meta["track_logit"]), correction,
+          state["track_cov"], jnp.exp(meta["log_process_noise"]), self._track_prior(meta))
+    else:
+      params, _ = tracking.affine_projection(
+          lambda p: self.apply(p, x), params, jax.nn.sigmoid(meta["track_logit"]),
+          correction, self._track_precondition(meta))
     if not self.uses_y:
       new["params"] = params
       return new

@@ -44,7 +44,7 @@ def build(config, setting: Setting) -> dict:
                             inner_steps=g.inner_steps, init_lr=g.init_lr,
                             init_track=g.init_track, adapt_steps=g.adapt_steps,
                             init_hyper_step=g.init_hyper_step, update_net=g.update_net,
-                            update_net_width=g.update_net_width)
+                            update_net_width=g.update_net_width, tracker=g.tracker)
   elif kind == "in_context":
     c = config.imitator.in_context
     main = InContextImitator(**common, arch=c.arch, d_model=c.d_model, n_heads=c.n_heads,
@@ -65,9 +65,10 @@ def build(config, setting: Setting) -> dict:
   out = {"imitator": main}
   out["frozen"] = GradientImitator(**common, **net, step_size="per_layer",
                                    init_track=b.init_track, uses_y=False,
-                                   freeze_after=b.freeze_after)
+                                   freeze_after=b.freeze_after, tracker=b.tracker)
   out["context_only"] = GradientImitator(**common, **net, step_size="per_layer",
-                                         init_track=b.init_track, uses_y=False)
+                                         init_track=b.init_track, uses_y=False,
+                                         tracker=b.tracker)
   return out
 
 

@@ -12,6 +12,20 @@ residual. Its effect on the outputs does not depend on the scale of the inputs o
 the gradients, so for `fraction` in [0, 1] tracking cannot overshoot, whatever a shift
 does to the stream.
 
+`kalman_projection` is the same step with a full weight covariance P carried from step
+to step instead of the fixed M (a Kalman filter whose state is the weights, under a
+random walk Q = q M, linearized at the current weights):
+
+    S = J P J^T + r I,   r = noise_ratio * tr(J P J^T) / m,   K = P J^T S^-1
+    w <- w + K d,        P <- P - K J P + q M
+
+From P = M its first step removes 1 / (1 + noise_ratio) of the residual, as the affine
+projection with that fraction does; later steps do not re-learn what earlier ones
+identified, so a linear map of n weights is identified in about n / m observations
+instead of many times that. The output change J K d = J P J^T S^-1 d is a contraction
+of d for any P >= 0, so it cannot overshoot either; P stays positive semi-definite and,
+with q > 0, bounded below. Its cost is O(n^2) memory per teacher for n weights.
+
 `safeguard` scales a proposed step w + delta of a loss L by s = min(1, margin *
 (-g.delta) / q), q = L(w + delta) - L(w) - g.delta the curvature along delta measured
 by one more forward pass: a step that would land past twice the minimizer along its
@@ -23,6 +37,7 @@ curvature is not finite is not taken.
 from __future__ import annotations
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 
 _MAX_LOGIT_CORRECTION = 20.0  # in units of the temperature: probabilities down to e^-20
@@ -68,6 +83,27 @@ def affine_projection(apply, params, fraction, correction, precondition=None,
   if precondition is not None:
     step = jax.tree.map(jnp.multiply, step, precondition)
   return jax.tree.map(lambda w, s: w + fraction * s, params, step), out
+
+
+def kalman_projection(apply, params, noise_ratio, correction, cov, process_noise,
+                      prior):
+  """(params moved by the Kalman step above, the new covariance [n, n], raw outputs).
+
+  cov: P [n, n] over the flattened params (`jax.flatten_util.ravel_pytree` order);
+  prior: the diagonal of M [n]; process_noise: q >= 0; noise_ratio: r / (tr / m) > 0."""
+  flat_params, unflatten = jax.flatten_util.ravel_pytree(params)
+  raw = lambda v: apply(unflatten(v))
+  out = raw(flat_params)
+  d = correction(out).reshape(-1)
+  jac = jax.jacrev(lambda v: raw(v).reshape(-1))(flat_params)  # [m, n]
+  pj = cov @ jac.T  # [n, m]
+  gram = jac @ pj
+  m = d.shape[0]
+  s = gram + (noise_ratio * jnp.trace(gram) / m + _FLOOR) * jnp.eye(m, dtype=gram.dtype)
+  gain = jnp.linalg.solve(s, pj.T).T  # S symmetric: K = P J^T S^-1
+  new_cov = cov - gain @ pj.T
+  new_cov = 0.5 * (new_cov + new_cov.T) + jnp.diag(process_noise * prior)
+  return unflatten(flat_params + gain @ d), new_cov, out
 
 
 def safeguard(loss, params, delta, grads, loss_at_params):

@@ -12,7 +12,8 @@ import pytest
 from imitator import evaluate, train
 from launch.configs import default
 
-KINDS = (("gradient", {}), ("in_context", {"arch": "transformer"}),
+KINDS = (("gradient", {}), ("gradient", {"tracker": "kalman"}),
+         ("in_context", {"arch": "transformer"}),
          ("in_context", {"arch": "recurrent"}), ("system_id", {}))
 STRENGTHS = (0.25, 2.0, 8.0)
 
@@ -54,7 +55,7 @@ def assert_bounded(exp, meta, strengths, multiple=4):
 
 
 @pytest.mark.parametrize("kind,options", KINDS,
-                         ids=lambda v: v if isinstance(v, str) else v.get("arch", ""))
+                         ids=lambda v: v if isinstance(v, str) else "-".join(v.values()))
 def test_every_kind_at_initial_meta_params_stays_bounded(kind, options):
   exp = train.Experiment(_config(kind, options))
   assert_bounded(exp, exp.init_state().meta, STRENGTHS)

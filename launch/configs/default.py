@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       width=config_dict.placeholder(int), depth=config_dict.placeholder(int),
       activation=config_dict.placeholder(str),
       step_size="per_parameter", inner_steps=1, init_lr=0.05, init_track=0.5,
-      adapt_steps=True, init_hyper_step=0.1, update_net=False, update_net_width=16)
+      adapt_steps=True, init_hyper_step=0.1, update_net=False, update_net_width=16,
+      tracker="affine")  # or "kalman": a carried weight covariance (O(n^2) per teacher)
   config.imitator.in_context = dict(
       arch="transformer", d_model=64, n_heads=4, n_layers=2, mlp_ratio=2,
       context=config_dict.placeholder(int),  # None: the training horizon
@@ -49,7 +50,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.baselines = dict(
       network=config_dict.placeholder(str), width=config_dict.placeholder(int),
       depth=config_dict.placeholder(int), activation=config_dict.placeholder(str),
-      freeze_after=16, init_track=0.5)
+      freeze_after=16, init_track=0.5, tracker="affine")
 
   config.train = dict(
       steps=600, teachers=16, learning_rate=1e-2, warmup_steps=20, grad_clip=1.0,
