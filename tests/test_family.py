@@ -108,6 +108,7 @@ def test_sample_respects_bounds(case):
   fam.validate(hp)  # every sampled member is valid
 
 
+@pytest.mark.slow
 def test_sample_is_deterministic_per_key():
   fam = family("mixed")
   a = np_hp(fam.sample(jax.random.PRNGKey(1), 64))

@@ -33,7 +33,8 @@ def _teacher(name, task="regression", overrides=None, width=8, dim=5, n_classes=
 
 @pytest.mark.parametrize("name,task,update_net", [("sgd_mlp", "regression", False),
                                                   ("sgd_linear", "regression", False),
-                                                  ("sgd_mlp", "classification", False),
+                                                  pytest.param("sgd_mlp", "classification",
+                                                               False, marks=pytest.mark.slow),
                                                   pytest.param("sgd_mlp", "regression", True,
                                                                marks=pytest.mark.slow)])
 def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task, update_net):

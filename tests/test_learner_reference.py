@@ -360,8 +360,8 @@ COMBINED_ON = dict(l2_strength=0.3, anchor_rate=0.1, ewc_strength=2.0, ewc_decay
                    weight_decay=1e-2)
 
 
-@pytest.mark.parametrize("net,opt", [("mlp", "adam"), ("linear", "momentum"),
-                                     ("mlp", "rmsprop")])
+@pytest.mark.parametrize("net,opt", [pytest.param("mlp", "adam", marks=pytest.mark.slow),
+                                     ("linear", "momentum"), ("mlp", "rmsprop")])
 def test_combination_regression(net, opt):
   """Every regularizer at once in a mixed family: the unused network still decays,
   is pulled to its anchor and perturbed, as the superset state is documented to."""
@@ -370,6 +370,7 @@ def test_combination_regression(net, opt):
                           make_stream("regression", seed=3, horizon=16))
 
 
+@pytest.mark.slow
 def test_combination_classification():
   family = make_family("classification", **COMBINED)
   hparams = make_hparams("mlp", "sgd", temperature=1.5, **COMBINED_ON)

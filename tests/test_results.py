@@ -90,6 +90,7 @@ def test_tables_from_files_only(runs):
   assert "| frozen | -1.300" not in text
 
 
+@pytest.mark.slow
 def test_readme_block_is_replaced_and_missing_markers_exit_2(runs, tmp_path):
   a, _, _ = runs
   readme = tmp_path / "README.md"

@@ -262,6 +262,7 @@ def test_probe_outputs_are_behaviour_before_steps_0_k_2k():
     rollout.rollout(family, member, key, stream, probes=probes, probe_every=5)
 
 
+@pytest.mark.slow
 def test_remat_and_jit_give_the_same_trajectory():
   family = continual_family("classification")
   member = continual_member(family)

@@ -79,6 +79,7 @@ def test_fixed_fields_and_stream_replay(tmp_path):
     np.testing.assert_array_equal(replay[key], arrays[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_command_writes_the_file_and_refuses_an_optimizer_outside_the_family(tmp_path):
   out = str(tmp_path / "t.npz")
   ok = subprocess.run([sys.executable, "-m", "launch.trace_teacher",
