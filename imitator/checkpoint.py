@@ -15,6 +15,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 
 def _manager(directory, keep: int, best: bool):
@@ -32,19 +33,9 @@ def shapes(tree) -> dict[str, list[int]]:
           for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _flatten(d: dict, prefix="") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_diff(saved: dict, current: dict) -> list[str]:
   """'field: checkpoint X, config Y' for every field whose value differs."""
-  a, b = _flatten(saved or {}), _flatten(current or {})
+  a, b = (traverse_util.flatten_dict(c or {}, sep=".") for c in (saved, current))
   return [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

@@ -18,6 +18,7 @@ import socket
 import time
 
 from absl import logging
+from flax import traverse_util
 from ml_collections import config_dict
 
 LOCK = "lock"
@@ -93,16 +94,6 @@ def load_config(workdir: str, defaults: config_dict.ConfigDict | None = None):
 # --------------------------------------------------------------------------- config
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def resumable(field: str) -> bool:
   return any(field == r or field.startswith(r + ".") for r in RESUMABLE)
 
@@ -111,7 +102,7 @@ def config_changes(saved: dict, current: dict) -> list[str]:
   """'field: run X, now Y' for every field both configs have whose value differs and
   that a restart may not change (fields only one of them has were added to or removed
   from the code since the run started)."""
-  a, b = _flatten(saved or {}), _flatten(current or {})
+  a, b = (traverse_util.flatten_dict(c or {}, sep=".") for c in (saved, current))
   return [f"{k}: run {a[k]!r}, now {b[k]!r}" for k in sorted(set(a) & set(b))
           if a[k] != b[k] and not resumable(k)]
 
