@@ -26,7 +26,7 @@ setuptools.setup(
         "mnist1d>=0.0.2",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.88"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.88"],
         "bench": ["torch>=2.5"],
         "tensorboard": ["tensorboardX>=2.6"],
     },

@@ -1,6 +1,12 @@
 """Test options: `--runslow` also runs tests marked slow (kept out of the default run)."""
 
+import os
+
 import pytest
+
+# The suite runs in parallel workers (`-n 2`, pytest-xdist): on an accelerator each
+# worker would otherwise reserve most of its memory up front and starve the others.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def pytest_addoption(parser):
