@@ -25,11 +25,70 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
-def _flag_problem(argv, error: Exception) -> str:
-  """A readable message for a flag that could not be applied, naming the flag."""
-  text = str(error).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
-  text = re.sub(r"\s+", " ", text)
-  names = re.findall(r"'(\w+)'", text)
+def _config_file_problem(text: str) -> str | None:
+  """The error a config file raised, from the traceback config_flags puts in its
+  message (its last line), or None when `text` holds none."""
+  if "Error whilst parsing config file" not in text:
+    return None
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return lines[-1] if lines else None
+
+
+def _no_such_field(argv, name: str, default: str | None) -> str | None:
+  """'--config.a.b: no such config field ...' for the override naming `name`, listing
+  the fields that block does have, or None when no override names it."""
+  for arg in argv[1:]:
+    flag = arg.split("=", 1)[0]
+    if not flag.lstrip("-").startswith("config."):
+      continue
+    path = flag.lstrip("-").split(".")[1:]
+    if name not in path:
+      continue
+    node, where = _file_config(argv, default), "config"
+    for part in path:
+      try:
+        node = node[part]
+      except (KeyError, AttributeError, TypeError):
+        allowed = sorted(node.keys()) if hasattr(node, "keys") else []
+        return (f"{flag}: no such config field: {where} has no {part!r}"
+                f"{'; allowed: ' + str(allowed) if allowed else ''}.")
+      where += f".{part}"
+  return None
+
+
+def _file_config(argv, default: str | None):
+  """The config file's own config (no overrides), loaded again; None if it fails."""
+  from ml_collections.config_flags import config_flags  # where its file parser lives
+  given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(("--config=", "-config="))]
+  try:
+    return config_flags.ConfigFileFlagParser("config").parse(
+        given[-1] if given else default)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _flag_problem(argv, error: BaseException, default: str | None = None) -> str:
+  """A readable one-line message for a flag that could not be applied, naming it;
+  `default`: the config file used when --config is not given."""
+  if isinstance(error, SyntaxError):
+    return (f"--config: {error.filename}, line {error.lineno}: syntax error "
+            f"({error.msg}); fix the config file.")
+  raw = str(error)
+  inner = _config_file_problem(raw.replace("\\n", "\n"))
+  if inner is not None:
+    flag = raw.split(": Error whilst", 1)[0] if ": Error whilst" in raw else "--config"
+    return f"{flag.replace('flag ', '', 1)}: {inner}"
+  text = raw.strip()
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's repr
+    text = text[1:-1]
+  text = re.sub(r"\s+", " ", text.replace("\\n", " ").replace("\\'", "'"))
+  text = text.removeprefix("flag ")
+  names = re.findall(r"'(\w+)'", text) or ([text] if re.fullmatch(r"\w+", text) else [])
+  if isinstance(error, (AttributeError, KeyError)):
+    for name in names:
+      message = _no_such_field(argv, name, default)
+      if message:
+        return message
   culprit = next((a for a in argv[1:] for n in names if f".{n}" in a.split("=")[0]), None)
   if isinstance(error, AttributeError) and culprit:
     return f"{culprit.split('=')[0]}: no such config field ({text})."
@@ -37,12 +96,11 @@ def _flag_problem(argv, error: Exception) -> str:
 
 
 def _parse_flags(argv):
+  # A config file that fails to load, whatever it raises, is bad input: one line.
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    fail(_flag_problem(argv, e))
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_flag_problem(argv, e, _config_default()))
 
 
 def define_config(default: str, lock_config: bool = True):
@@ -55,8 +113,8 @@ def define_config(default: str, lock_config: bool = True):
     return config_flags.DEFINE_config_file(
         "config", default, "Config file (ml_collections), optionally FILE:arg; override "
         "any field with --config.a.b=value.", lock_config=lock_config)
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    fail(_flag_problem(sys.argv, e))
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_flag_problem(sys.argv, e, default))
 
 
 def config_value(holder):
@@ -66,8 +124,24 @@ def config_value(holder):
     config = holder.value
     config.keys()  # a file that failed to load gives a proxy that raises on first use
     return config
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    fail(_flag_problem(sys.argv, e))
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_flag_problem(sys.argv, e, _config_default()))
+
+
+def _config_default() -> str | None:
+  """The config file used when --config is not given (absl keeps it unparsed only
+  once the flag has parsed it)."""
+  if "config" not in flags.FLAGS:
+    return None
+  flag = flags.FLAGS["config"]
+  path = getattr(flag, "default_unparsed", None) or flag.default
+  return path if isinstance(path, str) else None
+
+
+def file_config():
+  """The config file's own config: `--config=FILE[:arg]` without the `--config.a.b=v`
+  overrides (what they changed is the difference)."""
+  return _file_config(sys.argv, _config_default())
 
 
 def run(main) -> None:

@@ -21,7 +21,7 @@ import os
 from absl import flags, logging
 
 from imitator import evaluate, train, workdir as workdir_lib
-from learners import shifts
+from learners import npz, shifts, streams
 from launch import cli
 from launch.configs import default
 
@@ -58,8 +58,24 @@ def main(argv):
     raise ValueError(f"--shifts={','.join(_SHIFTS.value)!r} names no shift; allowed: "
                      f"{list(evaluate.BATTERY)}.")
   config = workdir_lib.load_config(_WORKDIR.value, defaults=default.get_config())
+  if _STREAM_NPZ.value:
+    _check_stream_npz(config, _STREAM_NPZ.value)
+  if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
+    raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
+                     "checkpoints/); train into it first with python -m launch.train.")
   with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
     _evaluate(config, names, sweeps)
+
+
+def _check_stream_npz(config, path):
+  """--stream_npz must be a stream the run's imitators can take (its inputs, outputs and
+  label type) and hold at least the training horizon: refused before anything runs."""
+  spec = streams.StreamSpec.from_config(config.stream)
+  task, x_shape, out_dim = streams.signature(spec, streams.load_data(spec))
+  try:
+    npz.check_fits(npz.load(path), task, x_shape, out_dim, spec.horizon * spec.batch)
+  except ValueError as e:
+    raise ValueError(f"--stream_npz: {e}") from None
 
 
 def _evaluate(config, names, sweeps):

@@ -15,7 +15,7 @@ import sys
 
 from absl import flags, logging
 
-from imitator import parallel, train, workdir as workdir_lib
+from imitator import config_schema, parallel, train, workdir as workdir_lib
 from launch import cli
 
 _CONFIG = cli.define_config(
@@ -31,6 +31,8 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_boolean(
 def main(argv):
   del argv
   config = cli.config_value(_CONFIG)
+  config_schema.validate(config)  # before the fields it reads are trusted below
+  config_schema.check_applicable(config, cli.file_config())
   workdir = _WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
   parallel.initialize_distributed(config.train.distributed)

@@ -28,6 +28,11 @@ import numpy as np
 from learners import streams
 
 
+# Beyond this scale the teachers' squared errors and updates overflow float32 within a
+# few steps (and evaluation counts behaviour past 1e6 as a learner that blew up).
+MAX_ABS = 1e6
+
+
 @flax.struct.dataclass
 class NpzData:
   """x [N, ...] float32; y [N] int32 or [N, k] float32; task_id [N] int32."""
@@ -92,6 +97,9 @@ def load(path: str) -> NpzData:
   for key, a in (("x", x), ("y", y)):
     if not np.isfinite(a).all():
       raise fail(key, "holds NaN or inf values.")
+    if a.size and np.abs(a).max() > MAX_ABS:
+      raise fail(key, f"holds values up to {float(np.abs(a).max()):.3g}; allowed: "
+                      f"|value| <= {MAX_ABS:g} (standardize the data).")
   if (task_id < 0).any():
     raise fail("task_id", "holds negative values.")
 
@@ -142,6 +150,28 @@ def signature(spec: streams.StreamSpec, data: NpzData):
   del spec
   out = data.n_classes if data.task == "classification" else data.y.shape[1]
   return data.task, tuple(data.x.shape[1:]), out
+
+
+def check_fits(data: NpzData, task: str, x_shape: tuple, out_dim: int,
+               examples: int) -> None:
+  """ValueError naming the file when its stream cannot stand in for a run's: another
+  task (label type), input shape or output width, or fewer than `examples` examples."""
+  where = f"stream file {data.path!r}"
+  if data.task != task:
+    kind = "int class labels" if task == "classification" else "float targets"
+    raise ValueError(f"{where} holds {data.task} data (y {data.y.dtype}); the run needs "
+                     f"{task}: y as {kind}.")
+  if tuple(data.x.shape[1:]) != tuple(x_shape):
+    raise ValueError(f"{where}: x has examples of shape {tuple(data.x.shape[1:])}; the "
+                     f"run's inputs have shape {tuple(x_shape)} (x [N, "
+                     f"{', '.join(map(str, x_shape))}]).")
+  _, _, out = signature(None, data)
+  if out != out_dim:
+    what = "classes" if task == "classification" else "target columns"
+    raise ValueError(f"{where} has {out} {what}; the run's imitators predict {out_dim}.")
+  if data.x.shape[0] < examples:
+    raise ValueError(f"{where} holds N={data.x.shape[0]} examples; allowed: at least "
+                     f"{examples} (the training horizon times stream.batch).")
 
 
 def check(spec: streams.StreamSpec, data: NpzData) -> None:
