@@ -7,7 +7,8 @@ parametrization). Each `observe(x, y, a)` takes `inner_steps` steps, each
    `imitator.tracking.affine_projection`, removing a fraction sigmoid(track_logit) of
    the residual, preconditioned per parameter (or per layer) by exp(log_track_scale);
    with `tracker="kalman"`, by `imitator.tracking.kalman_projection` instead, which
-   carries a weight covariance (fast state, [n, n]) from that preconditioner on, with a
+   carries a weight covariance (fast state, one block per output unit of each layer)
+   from that preconditioner on, with a
    meta-learned random-walk noise exp(log_process_noise), so that what earlier
    observations identified is not re-learned;
 2. task: from there, w <- w - eta_task * (grad L_task(w; x, y) + wd * w)
@@ -38,7 +39,6 @@ import dataclasses
 import math
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 from flax import nnx
 
@@ -146,7 +146,7 @@ class GradientImitator(Imitator):
   def init(self, meta, key):
     state = {"params": meta["init"], "step": jnp.zeros((), jnp.int32)}
     if self.tracker == "kalman":
-      state["track_cov"] = jnp.diag(self._track_prior(meta))
+      state["track_cov"] = jax.tree.map(jax.vmap(jnp.diag), self._track_prior(meta))
     if self.adapt_steps:
       state["log_step_offset"] = jax.tree.map(lambda p: jnp.zeros(()), meta["init"])
       state["last_task_update"] = jax.tree.map(jnp.zeros_like, meta["init"])
@@ -163,8 +163,8 @@ class GradientImitator(Imitator):
                         meta["log_track_scale"], meta["init"])
 
   def _track_prior(self, meta):
-    """The diagonal of M over the flattened params [n]."""
-    return jax.flatten_util.ravel_pytree(self._track_precondition(meta))[0]
+    """The diagonal of M in `tracking.unit_blocks` layout, {layer: [out, in + 1]}."""
+    return tracking.unit_blocks(self._track_precondition(meta))
 
   def predict(self, meta, state, x):
     return self.behaviour(self.apply(state["params"], x), meta["log_temperature"])

@@ -12,19 +12,26 @@ residual. Its effect on the outputs does not depend on the scale of the inputs o
 the gradients, so for `fraction` in [0, 1] tracking cannot overshoot, whatever a shift
 does to the stream.
 
-`kalman_projection` is the same step with a full weight covariance P carried from step
-to step instead of the fixed M (a Kalman filter whose state is the weights, under a
-random walk Q = q M, linearized at the current weights):
+`kalman_projection` is the same step with a weight covariance P carried from step to
+step instead of the fixed M (a Kalman filter whose state is the weights, under a random
+walk Q = q M, linearized at the current weights):
 
     S = J P J^T + r I,   r = noise_ratio * tr(J P J^T) / m,   K = P J^T S^-1
     w <- w + K d,        P <- P - K J P + q M
+
+P is block-diagonal over output units: one block per unit of each dense layer, over that
+unit's incoming weights and bias (the node-decoupled extended Kalman filter of Puskorius
+and Feldkamp, 1991). For a linear map this is exact (from a block-diagonal start its
+units' weights never become correlated); for an MLP it drops the correlations between
+hidden units. Memory is sum over layers of out x (in + 1)^2 per teacher instead of n^2
+for n weights (3,681 floats against 103,041 for a width-32 MLP on 8 inputs).
 
 From P = M its first step removes 1 / (1 + noise_ratio) of the residual, as the affine
 projection with that fraction does; later steps do not re-learn what earlier ones
 identified, so a linear map of n weights is identified in about n / m observations
 instead of many times that. The output change J K d = J P J^T S^-1 d is a contraction
 of d for any P >= 0, so it cannot overshoot either; P stays positive semi-definite and,
-with q > 0, bounded below. Its cost is O(n^2) memory per teacher for n weights.
+with q > 0, bounded below.
 
 `safeguard` scales a proposed step w + delta of a loss L by s = min(1, margin *
 (-g.delta) / q), q = L(w + delta) - L(w) - g.delta the curvature along delta measured
@@ -37,7 +44,6 @@ curvature is not finite is not taken.
 from __future__ import annotations
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 
 _MAX_LOGIT_CORRECTION = 20.0  # in units of the temperature: probabilities down to e^-20
@@ -85,25 +91,44 @@ def affine_projection(apply, params, fraction, correction, precondition=None,
   return jax.tree.map(lambda w, s: w + fraction * s, params, step), out
 
 
+def unit_blocks(params):
+  """{layer: [out, in + 1]}, each output unit's incoming weights and bias, from dense
+  layers {layer: {"w": [in, out], "b": [out]}}."""
+  return {k: jnp.concatenate([l["w"].T, l["b"][:, None]], axis=1) for k, l in params.items()}
+
+
+def from_unit_blocks(blocks):
+  """The inverse of `unit_blocks`."""
+  return {k: {"w": v[:, :-1].T, "b": v[:, -1]} for k, v in blocks.items()}
+
+
 def kalman_projection(apply, params, noise_ratio, correction, cov, process_noise,
                       prior):
-  """(params moved by the Kalman step above, the new covariance [n, n], raw outputs).
+  """(params moved by the Kalman step above, the new covariance, raw outputs).
 
-  cov: P [n, n] over the flattened params (`jax.flatten_util.ravel_pytree` order);
-  prior: the diagonal of M [n]; process_noise: q >= 0; noise_ratio: r / (tr / m) > 0."""
-  flat_params, unflatten = jax.flatten_util.ravel_pytree(params)
-  raw = lambda v: apply(unflatten(v))
-  out = raw(flat_params)
+  params: dense layers {layer: {"w": [in, out], "b": [out]}}; cov: P as
+  {layer: [out, in + 1, in + 1]} in `unit_blocks` order; prior: the diagonal of M as
+  {layer: [out, in + 1]}; process_noise: q >= 0; noise_ratio: r / (tr / m) > 0."""
+  blocks = unit_blocks(params)
+  raw = lambda b: apply(from_unit_blocks(b))
+  out = raw(blocks)
   d = correction(out).reshape(-1)
-  jac = jax.jacrev(lambda v: raw(v).reshape(-1))(flat_params)  # [m, n]
-  pj = cov @ jac.T  # [n, m]
-  gram = jac @ pj
+  jac = jax.jacrev(lambda b: raw(b).reshape(-1))(blocks)  # {layer: [m, out, in + 1]}
+  pj = {k: jnp.einsum("uij,muj->uim", cov[k], jac[k]) for k in blocks}  # P J^T
+  gram = sum(jnp.einsum("mui,uin->mn", jac[k], pj[k]) for k in blocks)
   m = d.shape[0]
   s = gram + (noise_ratio * jnp.trace(gram) / m + _FLOOR) * jnp.eye(m, dtype=gram.dtype)
-  gain = jnp.linalg.solve(s, pj.T).T  # S symmetric: K = P J^T S^-1
-  new_cov = cov - gain @ pj.T
-  new_cov = 0.5 * (new_cov + new_cov.T) + jnp.diag(process_noise * prior)
-  return unflatten(flat_params + gain @ d), new_cov, out
+  # S^-1 then a product, not solve(S, (P J^T)^T): on CPU XLA's triangular solve with
+  # many right-hand sides is ~1000x slower than inverting the small [m, m] S (measured).
+  s_inv = jnp.linalg.inv(s)
+  gain = {k: pj[k] @ s_inv for k in blocks}  # K = P J^T S^-1, [out, in + 1, m]
+  new_cov = {}
+  for k in blocks:
+    c = cov[k] - jnp.einsum("uim,ujm->uij", gain[k], pj[k])
+    new_cov[k] = 0.5 * (c + jnp.swapaxes(c, 1, 2)) + jax.vmap(jnp.diag)(
+        process_noise * prior[k])
+  new_blocks = {k: blocks[k] + gain[k] @ d for k in blocks}
+  return from_unit_blocks(new_blocks), new_cov, out
 
 
 def safeguard(loss, params, delta, grads, loss_at_params):

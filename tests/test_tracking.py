@@ -1,47 +1,89 @@
-"""Tracking steps (imitator/tracking.py) against closed forms: the Kalman step identifies
-a fixed linear map in as many observations as it has weights, starts as the affine
-projection, and never overshoots the observed outputs whatever their scale."""
+"""Tracking steps (imitator/tracking.py) against closed forms and an independent NumPy
+Kalman filter: the Kalman step identifies a fixed linear map in as many observations as
+it has weights, equals the full-covariance filter on a linear map with several outputs,
+starts as the affine projection, and never overshoots the observed outputs whatever
+their scale."""
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
 from imitator import tracking
 
-D = 6  # inputs; the map has D + 1 weights with its bias
+D = 6  # inputs; each output unit has D + 1 weights with its bias
 
 
 def _linear(x):
-  return lambda p: x @ p["w"] + p["b"]
+  return lambda p: x @ p["dense_0"]["w"] + p["dense_0"]["b"]
 
 
-def _zeros():
-  return {"w": jnp.zeros((D, 1)), "b": jnp.zeros((1,))}
+def _zeros(out=1):
+  return {"dense_0": {"w": jnp.zeros((D, out)), "b": jnp.zeros((out,))}}
+
+
+def _cov(out=1, diag=None):
+  diag = jnp.ones((out, D + 1)) if diag is None else diag
+  return {"dense_0": jax.vmap(jnp.diag)(diag)}, {"dense_0": diag}
 
 
 def test_kalman_identifies_a_fixed_linear_map_in_n_observations():
   rng = np.random.default_rng(0)
   w, b = rng.normal(size=(D, 1)), rng.normal(size=(1,))
   xs = rng.normal(size=(D + 1, 1, D)).astype(np.float32)
-  params, cov = _zeros(), jnp.eye(D + 1)
+  params, (cov, prior) = _zeros(), _cov()
   for x in xs:
     a = x @ w + b
     params, cov, _ = tracking.kalman_projection(
-        _linear(x), params, 1e-7, lambda out, a=a: a - out, cov, 0.0, jnp.ones(D + 1))
+        _linear(x), params, 1e-7, lambda out, a=a: a - out, cov, 0.0, prior)
   # The D + 1 observations determine the map: least squares on them, by numpy.
   design = np.concatenate([xs[:, 0], np.ones((D + 1, 1))], axis=1)
   solution = np.linalg.lstsq(design, (xs[:, 0] @ w + b), rcond=None)[0]
-  np.testing.assert_allclose(params["w"], solution[:D], atol=2e-3)
-  np.testing.assert_allclose(params["b"], solution[D:, 0], atol=2e-3)
+  learned = params["dense_0"]
+  np.testing.assert_allclose(learned["w"], solution[:D], atol=2e-3)
+  np.testing.assert_allclose(learned["b"], solution[D:, 0], atol=2e-3)
   # An affine projection with the same first step is still far off after D + 1 steps.
   ap = _zeros()
   for x in xs:
     a = x @ w + b
     ap, _ = tracking.affine_projection(_linear(x), ap, 1.0, lambda out, a=a: a - out,
                                        ridge=0.0)
-  assert np.abs(np.asarray(ap["w"]) - solution[:D]).max() > 10 * np.abs(
-      np.asarray(params["w"]) - solution[:D]).max()
+  assert np.abs(np.asarray(ap["dense_0"]["w"]) - solution[:D]).max() > 10 * np.abs(
+      np.asarray(learned["w"]) - solution[:D]).max()
+
+
+def _numpy_kalman(xs, as_, ratio, q, prior):
+  """The full-covariance filter over all (D + 1) x out weights, in float64 NumPy."""
+  out = as_.shape[-1]
+  n = (D + 1) * out
+  theta = np.zeros(n)  # unit-major: unit k owns theta[k (D + 1) : (k + 1) (D + 1)]
+  p = np.diag(prior.reshape(-1))
+  for x, a in zip(xs, as_):
+    design = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)  # [B, D + 1]
+    jac = np.kron(np.eye(out), design)  # rows: (unit, example), as outputs[:, k]
+    jac = jac.reshape(out, x.shape[0], n).transpose(1, 0, 2).reshape(-1, n)  # (example, unit)
+    d = (a - design @ theta.reshape(out, D + 1).T).reshape(-1)
+    gram = jac @ p @ jac.T
+    s = gram + ratio * np.trace(gram) / len(d) * np.eye(len(d))
+    gain = p @ jac.T @ np.linalg.inv(s)
+    theta = theta + gain @ d
+    p = p - gain @ jac @ p + q * np.diag(prior.reshape(-1))
+  return theta.reshape(out, D + 1)
+
+
+def test_unit_blocks_equal_the_full_covariance_filter_on_a_linear_map():
+  rng = np.random.default_rng(3)
+  out, batch, steps, ratio, q = 3, 2, 8, 0.3, 0.05
+  w = rng.normal(size=(D, out))
+  xs = rng.normal(size=(steps, batch, D))
+  as_ = xs @ w + 0.1 * rng.normal(size=(steps, batch, out))
+  prior = rng.uniform(0.5, 2.0, size=(out, D + 1))
+  params, (cov, prior_j) = _zeros(out), _cov(out, jnp.asarray(prior, jnp.float32))
+  for x, a in zip(xs.astype(np.float32), as_.astype(np.float32)):
+    params, cov, _ = tracking.kalman_projection(
+        _linear(x), params, ratio, lambda o, a=a: a - o, cov, q, prior_j)
+  expected = _numpy_kalman(xs, as_, ratio, q, prior)
+  np.testing.assert_allclose(tracking.unit_blocks(params)["dense_0"], expected,
+                             rtol=1e-3, atol=1e-4)
 
 
 def test_kalman_first_step_is_the_affine_projection_with_fraction_one_over_one_plus_r():
@@ -49,31 +91,34 @@ def test_kalman_first_step_is_the_affine_projection_with_fraction_one_over_one_p
   x = rng.normal(size=(1, D)).astype(np.float32)
   a = np.array([[2.5]], np.float32)
   scale = jnp.asarray(rng.uniform(0.5, 2.0, size=D + 1), jnp.float32)
-  precondition = {"w": scale[:D, None], "b": scale[D:]}
-  flat = jax.flatten_util.ravel_pytree(precondition)[0]  # the Kalman step's order
+  precondition = {"dense_0": {"w": scale[:D, None], "b": scale[D:]}}
   ratio = 0.7
+  cov, prior = _cov(1, tracking.unit_blocks(precondition)["dense_0"])
   kalman, _, _ = tracking.kalman_projection(_linear(x), _zeros(), ratio, lambda o: a - o,
-                                            jnp.diag(flat), 0.0, flat)
+                                            cov, 0.0, prior)
   affine, _ = tracking.affine_projection(_linear(x), _zeros(), 1.0 / (1.0 + ratio),
                                          lambda o: a - o, precondition, ridge=0.0)
   for k in ("w", "b"):
-    np.testing.assert_allclose(kalman[k], affine[k], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kalman["dense_0"][k], affine["dense_0"][k], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_kalman_step_contracts_the_residual_at_any_input_scale():
   rng = np.random.default_rng(2)
   n = D + 1
   root = rng.normal(size=(n, n)).astype(np.float32)
-  cov = jnp.asarray(root @ root.T)
+  cov = {"dense_0": jnp.asarray(root @ root.T)[None]}
+  prior = {"dense_0": jnp.ones((1, n))}
   for scale in (1e-3, 1.0, 1e3):
     x = (scale * rng.normal(size=(4, D))).astype(np.float32)
     a = rng.normal(size=(4, 1)).astype(np.float32) * scale
     apply = _linear(x)
-    params = {"w": jnp.asarray(rng.normal(size=(D, 1)), jnp.float32), "b": jnp.zeros((1,))}
+    params = {"dense_0": {"w": jnp.asarray(rng.normal(size=(D, 1)), jnp.float32),
+                          "b": jnp.zeros((1,))}}
     new, new_cov, out = tracking.kalman_projection(apply, params, 0.1, lambda o: a - o,
-                                                   cov, 1e-2, jnp.ones(n))
+                                                   cov, 1e-2, prior)
     before = np.linalg.norm(a - np.asarray(out))
     after = np.linalg.norm(a - np.asarray(apply(new)))
     assert np.isfinite(after) and after <= before * (1 + 1e-4), (scale, before, after)
-    eig = np.linalg.eigvalsh(np.asarray(new_cov, np.float64))
+    eig = np.linalg.eigvalsh(np.asarray(new_cov["dense_0"][0], np.float64))
     assert eig.min() > -1e-3 * eig.max()  # stays positive semi-definite
