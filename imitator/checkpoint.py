@@ -6,14 +6,24 @@ and the metrics of that step. Restoring walks back from the newest step: a check
 that cannot be read (partly written, corrupted) is skipped with a warning naming its
 step; one whose shapes differ from what the current config builds is an error that
 names the differing config fields.
+
+Interrupts: under `interruptible()` SIGTERM and SIGINT raise `Interrupted` (the training
+loop replaces this with a flag it polls); `uninterrupted()` holds them back while a file
+is written. `saved_steps(workdir)` says what an interrupted run leaves to continue from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sys
 import time
+
 import jax
 import orbax.checkpoint as ocp
+import tensorstore
+from etils import epath
 from absl import logging
 from flax import traverse_util
 
@@ -40,6 +50,112 @@ def config_diff(saved: dict, current: dict) -> list[str]:
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def _check_readable(directory) -> None:
+  """Reads every key of a saved state's OCDBT database (manifest, b-tree nodes, data) on
+  tensorstore's own futures, all awaited: a damaged checkpoint fails here with one error.
+  Left to orbax's restore, the first failing read ends its asyncio loop while reads of
+  the other arrays are still in flight, and each of those later prints a
+  'RuntimeError: Event loop is closed' traceback when it completes."""
+  if not (directory / "manifest.ocdbt").exists():
+    return  # not an OCDBT checkpoint: orbax's restore reads it
+  base = str(directory) if "://" in str(directory) else f"file://{os.path.abspath(directory)}"
+  kv = tensorstore.KvStore.open({"driver": "ocdbt", "base": base.rstrip("/") + "/"}).result()
+  reads = [kv.read(key) for key in kv.list().result()]
+  errors = []
+  for read in reads:  # every read finished before returning or raising
+    try:
+      read.result()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+  if errors:
+    raise errors[0]
+
+
+def saved_steps(workdir: str, best: bool = False) -> list[int]:
+  """The steps saved (committed) under workdir/checkpoints (or best/), oldest first;
+  read from the directory, so it works after the managers are closed."""
+  root = epath.Path(workdir) / ("best" if best else "checkpoints")
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT received under `interruptible()` (a BaseException, like
+  KeyboardInterrupt: no `except Exception` swallows it). The process should exit with
+  `exit_code` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT). `phase` says
+  what was running when the caller knows it; `completed` is set when the signal arrived
+  inside an `uninterrupted()` block, which finished first."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+    self.name = signal.Signals(signum).name
+    self.exit_code = 128 + signum
+    self.phase = None
+    self.completed = False
+
+
+_INTERRUPTS = {"deferring": 0, "pending": None, "raised": False}
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  if _INTERRUPTS["raised"]:
+    return  # already stopping: a second Ctrl-C must not break the clean-up
+  if _INTERRUPTS["deferring"]:
+    _INTERRUPTS["pending"] = _INTERRUPTS["pending"] or signum
+    return
+  _INTERRUPTS["raised"] = True
+  raise Interrupted(signum)
+
+
+def _unraisable(hook_args, previous):
+  """An `Interrupted` raised where Python ignores exceptions (a gc callback, a __del__):
+  the signal is sent again, to be raised at a later instruction."""
+  e = hook_args.exc_value
+  if isinstance(e, Interrupted):
+    _INTERRUPTS["raised"] = False
+    os.kill(os.getpid(), e.signum)
+    return
+  previous(hook_args)
+
+
+@contextlib.contextmanager
+def interruptible():
+  """While the block runs (in the main thread), SIGTERM and SIGINT raise `Interrupted`
+  at the next Python instruction (a compilation or a device computation finishes
+  first); the handlers before are put back on leaving."""
+  _INTERRUPTS.update(deferring=0, pending=None, raised=False)
+  old = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM,
+                                                                  signal.SIGINT)}
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = lambda hook_args: _unraisable(hook_args, previous_hook)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous_hook
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+  """Holds `Interrupted` back until the block (writing a file) is done, then raises it
+  with `completed` set."""
+  _INTERRUPTS["deferring"] += 1
+  try:
+    yield
+  finally:
+    _INTERRUPTS["deferring"] -= 1
+    signum = _INTERRUPTS["pending"]
+    if signum is not None and not _INTERRUPTS["deferring"]:
+      _INTERRUPTS.update(pending=None, raised=True)
+      e = Interrupted(signum)
+      e.completed = True
+      raise e
+
+
 class Checkpoints:
   """The two managers of a workdir."""
 
@@ -47,6 +163,7 @@ class Checkpoints:
     self.workdir = workdir
     self.latest = _manager(os.path.join(workdir, "checkpoints"), keep, best=False)
     self.best = _manager(os.path.join(workdir, "best"), 1, best=True)
+    self._closed = False
 
   def save(self, step: int, state, info: dict, val_nie: float | None = None):
     info = dict(info, shapes=shapes(state))
@@ -89,6 +206,7 @@ class Checkpoints:
                                         config))
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
       try:
+        _check_readable(epath.Path(mngr.directory) / str(s) / "state")
         state = mngr.restore(s, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract))).state
       except Exception as e:  # pylint: disable=broad-except
@@ -157,5 +275,8 @@ class Checkpoints:
     self.best.wait_until_finished()
 
   def close(self):
-    self.latest.close()
-    self.best.close()
+    """Waits for the saves in flight and closes both managers (again: nothing)."""
+    if not self._closed:
+      self._closed = True
+      self.latest.close()
+      self.best.close()

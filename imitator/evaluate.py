@@ -551,11 +551,12 @@ def _merge_into_report(workdir, t_train, rows, skipped, comparisons):
                          if (s["shift"], s.get("strength")) not in now] + skipped
   if not parallel.is_primary():
     return report
-  with open(path, "w") as f:
-    json.dump(report, f, indent=2, allow_nan=False)
   from imitator import report as report_lib
-  with open(os.path.join(workdir, "eval", "report.md"), "w") as f:
-    f.write(report_lib.markdown(report))
+  with checkpoint.uninterrupted():  # SIGTERM/SIGINT: after both files are whole
+    with open(path, "w") as f:
+      json.dump(report, f, indent=2, allow_nan=False)
+    with open(os.path.join(workdir, "eval", "report.md"), "w") as f:
+      f.write(report_lib.markdown(report))
   return report
 
 
@@ -589,7 +590,6 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
              with_forgetting: bool = True, log=print, sweeps=None) -> dict:
   """The battery (and the strength sweeps {shift: strengths}) on the best checkpoint of
   `workdir`: report.json rows, report.md and plots under workdir/eval."""
-  from imitator import report as report_lib
   meta = restore_meta(exp, workdir)
   battery = run_battery(exp, meta, shift_names, stream_npz, log, sweeps)
   rows, skipped = battery["results"], battery["skipped"]
@@ -604,6 +604,17 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
   report = write_report(workdir, t, rows, skipped, battery["comparisons"])
   if not parallel.is_primary():
     return report
+  try:
+    _plots(exp, workdir, battery, report, forget)
+  except checkpoint.Interrupted as e:
+    e.phase = "plots"  # the rows are in report.json already
+    raise
+  return report
+
+
+def _plots(exp, workdir, battery, report, forget):
+  from imitator import report as report_lib
+  t = exp.setting.t
   eval_dir = os.path.join(workdir, "eval")
   if battery["curves"]:
     report_lib.plot_nie(battery["curves"], t, os.path.join(eval_dir, "nie.png"),
@@ -615,4 +626,3 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
     report_lib.plot_forgetting(forget, t, os.path.join(eval_dir, "forgetting.png"))
     with open(os.path.join(eval_dir, "forgetting.json"), "w") as f:
       json.dump({k: v for k, v in forget.items() if k != "rows"}, f)
-  return report

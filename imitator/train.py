@@ -352,6 +352,19 @@ def _train_and_evaluate(exp, workdir, stop_at_step, command, allow_config_change
                    int(ts.step), workdir_lib.report_path(workdir))
       return {"status": "complete", "step": int(ts.step), "report": report, "t_train": t}
     logging.info("resumed from step %d in %s", int(ts.step), workdir)
+  try:
+    return _train(exp, workdir, stop_at_step, command, ckpt, abstract, ts, best_nie,
+                  records, config_text, why)
+  finally:
+    ckpt.close()  # also on an interrupt before or after the loop: no save left running
+
+
+def _train(exp, workdir, stop_at_step, command, ckpt, abstract, ts, best_nie, records,
+           config_text, why):
+  config = exp.config
+  tcfg = config.train
+  primary = parallel.is_primary()
+  metrics_path = workdir_lib.metrics_path(workdir)
   if primary:
     if why is not None:
       _write_config(workdir, config_text, why, int(ts.step))
@@ -438,15 +451,23 @@ def _train_and_evaluate(exp, workdir, stop_at_step, command, allow_config_change
         logging.warning("stopped: checkpoint written at step %d in %s; run the same "
                         "command again to resume", step, workdir)
         break
-  ckpt.wait()
-  ckpt.close()
+    ckpt.wait()  # a signal while the last checkpoint is written stops after it
+    ckpt.close()
+    if preempt.requested and status == "finished":
+      status = "preempted"
+      logging.warning("stopped: checkpoint written at step %d in %s; run the same "
+                      "command again to evaluate", step, workdir)
   if writer is not None:
     writer.close()
   if status != "finished":
     return {"status": status, "step": step, "message": message}
   logging.info("training took %s; evaluating the best checkpoint", _duration(
       time.time() - started))
-  report = evaluate.final_report(exp, workdir)
+  try:
+    report = evaluate.final_report(exp, workdir)
+  except checkpoint.Interrupted as e:
+    e.phase = "evaluation"
+    raise
   return {"status": status, "step": step, "report": report, "t_train": exp.setting.t}
 
 

@@ -13,14 +13,17 @@ name is given: imitator.evaluate.DEFAULT_SWEEPS).
 The workdir is locked while evaluating (exit 2 naming the holder's pid if a training or
 another evaluation is using it). A damaged report.json is refused before anything is
 computed; if merging the computed rows still fails they are written beside report.json
-(eval/report.unmerged-*.json) and the message says where.
+(eval/report.unmerged-*.json) and the message says where. SIGTERM/SIGINT exit 143/130
+with one line on stderr saying what was kept (report.json is written whole or not at
+all; checkpoints are only read).
 """
 
 import os
+import sys
 
 from absl import flags, logging
 
-from imitator import evaluate, train, workdir as workdir_lib
+from imitator import checkpoint, evaluate, train, workdir as workdir_lib
 from learners import npz, shifts, streams
 from launch import cli
 from launch.configs import default
@@ -63,8 +66,20 @@ def main(argv):
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
     raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
                      "checkpoints/); train into it first with python -m launch.train.")
-  with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
-    _evaluate(config, names, sweeps)
+  try:
+    with checkpoint.interruptible():
+      with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
+        _evaluate(config, names, sweeps)
+  except checkpoint.Interrupted as e:
+    report = workdir_lib.report_path(os.path.abspath(_WORKDIR.value))
+    if e.phase == "plots" or e.completed:
+      kept = (f"the rows are merged into {report}, some plots may be missing; run the "
+              "same command again to redo them")
+    else:
+      kept = (f"nothing written ({report} is as it was, checkpoints are only read); run "
+              "the same command again")
+    print(f"interrupted ({e.name}) while evaluating: {kept}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
 
 
 def _check_stream_npz(config, path):

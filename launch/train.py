@@ -1,8 +1,10 @@
 """Meta-trains an imitator: `python -m launch.train [--config=FILE[:arg]] [--workdir=DIR]`.
 
 With no flags it runs `launch/configs/default.py` into a fresh directory under runs/.
-A run restarted on the same workdir resumes; SIGTERM/SIGINT checkpoint and exit 0. On a
-finished workdir it says so, reprints the summary and writes nothing. A restart may
+A run restarted on the same workdir resumes; SIGTERM/SIGINT in the training loop
+checkpoint and exit 0; before the loop (restoring, compiling) or during the final
+evaluation they exit 143/130 with one line on stderr saying what is saved and how to
+continue (nothing is lost that was saved before). On a finished workdir it says so, reprints the summary and writes nothing. A restart may
 change only the fields of imitator.workdir.RESUMABLE (steps, logging, evaluation and
 checkpoint cadence, the eval block) unless --allow_config_change; a second process on a
 workdir in use exits 2 naming the holder's pid.
@@ -15,7 +17,7 @@ import sys
 
 from absl import flags, logging
 
-from imitator import config_schema, parallel, train, workdir as workdir_lib
+from imitator import checkpoint, config_schema, parallel, train, workdir as workdir_lib
 from launch import cli
 
 _CONFIG = cli.define_config(
@@ -39,8 +41,13 @@ def main(argv):
   logging.info("workdir: %s", os.path.abspath(workdir))
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   command = " ".join(["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]])
-  result = train.train_and_evaluate(config, workdir, command=command,
-                                    allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  try:
+    with checkpoint.interruptible():
+      result = train.train_and_evaluate(config, workdir, command=command,
+                                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except checkpoint.Interrupted as e:
+    print(_interrupted_message(e, workdir), file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   if result["status"] == "diverged":
     print(f"error: {result['message']}", flush=True)
     sys.exit(1)
@@ -56,6 +63,25 @@ def main(argv):
     print(line, flush=True)
   print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
         flush=True)
+
+
+def _interrupted_message(e, workdir) -> str:
+  """One line: what an interrupt outside the training loop leaves, how to continue."""
+  workdir = os.path.abspath(workdir)
+  steps = checkpoint.saved_steps(workdir)
+  saved = (f"checkpoint at step {steps[-1]} in {os.path.join(workdir, 'checkpoints')}"
+           if steps else "nothing checkpointed yet")
+  report = workdir_lib.report_path(workdir)
+  if e.phase == "evaluation" and e.completed:
+    return (f"interrupted ({e.name}) after the final evaluation: {saved}, report in "
+            f"{report}; the run is complete")
+  if e.phase == "evaluation":
+    return (f"interrupted ({e.name}) during the final evaluation: training is done "
+            f"({saved}), {report} not written; run the same command again (it only "
+            f"evaluates) or python -m launch.evaluate --workdir={workdir}")
+  return (f"interrupted ({e.name}) before training {'resumed' if steps else 'started'}: "
+          f"{saved}; run the same command again to "
+          f"{'resume' if steps else 'start from step 0'}")
 
 
 if __name__ == "__main__":
