@@ -15,7 +15,7 @@ import jax
 
 from learners import config as learner_config
 from learners import family as family_lib
-from learners import rollout, streams
+from learners import npz, rollout, streams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,8 @@ def setting_from_config(config) -> tuple[Setting, Any]:
   """(Setting, on-device data or None) from config.stream / .family / .teacher."""
   spec = streams.StreamSpec.from_config(config.stream)
   data = streams.load_data(spec)
+  if spec.kind == "npz":  # a file too short for the horizon: refused before any run starts
+    npz.check(spec, data)
   task, x_shape, out_dim = streams.signature(spec, data)
   family = family_lib.from_config(config.family, task, x_shape, out_dim)
   overrides = learner_config.teacher_overrides(config.teacher) if "teacher" in config else {}

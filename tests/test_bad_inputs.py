@@ -1,6 +1,7 @@
 """Every bad input is refused up front: exit 2, one line naming the flag or file, the bad
 value and what is allowed, no traceback, nothing written (issue 11, item 5)."""
 
+import contextlib
 import glob
 import importlib
 import os
@@ -59,7 +60,23 @@ def test_train_refuses_a_workdir_it_cannot_create(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")
   _refused(["launch.train", "--config=" + SMOKE, f"--workdir={blocker}/run"],
-           ["cannot create workdir", str(blocker)])
+           ["cannot create workdir", str(blocker), "Not a directory"])
+
+
+def test_train_refuses_a_workdir_it_cannot_write_in():
+  # /proc/self exists but takes no new file, for root too.
+  _refused(["launch.train", "--config=" + SMOKE, "--workdir=/proc/self"],
+           ["cannot write in workdir /proc/self", "/proc/self/lock"])
+
+
+def test_train_refuses_a_training_stream_npz_too_short_for_the_horizon(tmp_path):
+  path = tmp_path / "short.npz"
+  np.savez(path, x=np.zeros((10, 8), np.float32), y=np.zeros(10, np.float32))
+  workdir = tmp_path / "run"
+  _refused(["launch.train", "--config=" + SMOKE, f"--workdir={workdir}",
+            "--config.stream.kind=npz", f"--config.stream.npz_path={path}"],
+           [str(path), "N=10", "horizon * batch = 32 * 1 = 32"])
+  assert not workdir.exists()
 
 
 def _run_dir(tmp_path):
@@ -74,9 +91,40 @@ def _contents(workdir):
   return sorted((p, os.path.getmtime(os.path.join(workdir, p))) for p in os.listdir(workdir))
 
 
+@contextlib.contextmanager
+def _read_only(path):
+  """`path` made unwritable: chmod for a user, the immutable attribute for root (whom
+  permissions do not stop); skips the test where neither is possible."""
+  if os.geteuid() != 0:
+    os.chmod(path, 0o555)
+    undo = lambda: os.chmod(path, 0o755)
+  elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+    undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
+  else:
+    pytest.skip("cannot make a directory read-only for root here (no chattr +i)")
+  try:
+    yield
+  finally:
+    undo()
+
+
+@pytest.mark.parametrize("module", ["launch.train", "launch.evaluate"])
+def test_a_read_only_run_directory_is_refused_naming_it(tmp_path, module):
+  workdir = _run_dir(tmp_path)
+  (workdir / "checkpoints").mkdir()  # launch.evaluate wants something to evaluate
+  before = _contents(workdir)
+  args = ["--config=" + SMOKE] if module == "launch.train" else ["--shifts=none"]
+  with _read_only(workdir):
+    _refused([module, f"--workdir={workdir}", *args],
+             [f"cannot write in workdir {workdir}", f"{workdir}/lock"])
+  assert _contents(workdir) == before
+
+
 @pytest.mark.parametrize("arrays,words", [
     (dict(x=np.zeros((10, 8)), y=np.zeros(10)), ["N=10", "at least 32"]),
     (dict(x=np.zeros((100, 2, 4)), y=np.zeros(100)), ["(2, 4)", "(8,)"]),
+    (dict(x=np.zeros((100, 5)), y=np.zeros(100)), ["(5,)", "(8,)"]),
+    (dict(x=np.zeros((100, 8)), y=np.zeros((100, 3))), ["3 target columns", "predict 1"]),
     (dict(x=np.zeros((100, 8)), y=np.arange(100) % 3), ["classification", "float targets"]),
     (dict(x=np.full((100, 8), 1e300), y=np.zeros(100)), ["'x'", "1e+300", "1e+06"]),
 ])

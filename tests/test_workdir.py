@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -187,6 +188,30 @@ def test_second_process_on_a_workdir_exits_2_naming_the_holder(finished, tmp_pat
   line = _error(out)
   assert f"workdir {run} is in use" in line and f"pid {os.getpid()}" in line, line
   assert after.pop("lock") and after == before
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_signal_during_evaluate_exits_with_one_line_and_writes_nothing(finished, tmp_path,
+                                                                      sig, code):
+  run = _copy(finished, tmp_path)
+  before = _contents(run)
+  proc = subprocess.Popen([sys.executable, "-m", "launch.evaluate", f"--workdir={run}",
+                           "--shifts=none", "--noforgetting"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not os.path.exists(os.path.join(run, "lock")):  # taken where evaluation starts
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.1)
+  time.sleep(2)  # into building and compiling the evaluation
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == code, err[-3000:]
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+  lines = [l for l in err.splitlines() if l.startswith("interrupted (")]
+  assert len(lines) == 1 and "while evaluating: nothing written" in lines[0], err[-3000:]
+  assert "run the same command again" in lines[0]
+  assert _contents(run) == before  # report.json as it was, the lock released
 
 
 # --------------------------------------------------------------------------- metrics
