@@ -78,7 +78,6 @@ class GradientImitator(Imitator):
   init_hyper_step: float = 0.1
   update_net: bool = False
   update_net_width: int = 16
-  init_scale: float = 1.0
   tracker: str = "affine"  # or "kalman"
   init_process_noise: float = 1e-2
 
@@ -120,7 +119,7 @@ class GradientImitator(Imitator):
   def init_meta(self, key):
     k_init, k_net = jax.random.split(key)
     params = networks.zero_readout(networks.init_mlp(
-        k_init, self.in_dim, self.out_dim, self.width, self._depth(), scale=self.init_scale))
+        k_init, self.in_dim, self.out_dim, self.width, self._depth()))
     meta = {
         "init": params,
         "log_step": self._per(params, math.log(self.init_lr)),

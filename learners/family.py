@@ -213,18 +213,6 @@ class Family:
     low, high = LEARNING_RATES[optimizer]
     return low * self.lr_scale, high * self.lr_scale
 
-  def bounds(self) -> dict[str, Any]:
-    """Field -> allowed names (discrete), (low, high) of inner_steps, or Prior / lr ranges."""
-    out: dict[str, Any] = {
-        "network": self.networks, "activation": self.activations,
-        "optimizer": self.optimizers, "inner_steps": (1, self.max_inner_steps),
-        "learning_rate": {o: self.learning_rate_range(o) for o in self.optimizers},
-    }
-    for field in CONTINUOUS:
-      if field != "learning_rate":
-        out[field] = self.prior(field)
-    return out
-
   # ------------------------------------------------------------------- sampling
 
   def sample(self, key, n: int, fixed: Mapping[str, Any] | None = None):

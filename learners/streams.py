@@ -33,7 +33,6 @@ SYNTHETIC_KINDS = (
     "mlp_classification",
 )
 KINDS = SYNTHETIC_KINDS + ("dataset", "npz")
-TASKS = ("regression", "classification")
 SCHEDULES = ("switch", "ab_then_a")
 
 
