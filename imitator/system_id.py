@@ -50,6 +50,7 @@ _SCALE_DECAY = 0.9  # of the running error scale s and the behaviour's running R
 # finite) has blown up: it leaves the mixture and starts again from the initial state.
 _BLOWN_UP = 1e4
 _MAX_EVIDENCE = 1e4  # per step: a blown-up particle's log-weight stays finite
+_ROOM = 4.0  # a particle's step may leave residuals up to this x the behaviour's RMS
 
 
 class Encoder(nnx.Module):
@@ -361,8 +362,7 @@ class SystemIdImitator(Imitator):
       hp = self._hparams(g, u_eff[g.name])
       tracked[g.name] = jax.vmap(lambda h_k, s_k: self._track(g, h_k, s_k, x, a, fraction))(
           hp, state["learners"][g.name])
-      learned[g.name] = jax.vmap(lambda h_k, s_k: learner.update(
-          g.family, h_k, s_k, x, y, perturbation_noise=False))(
+      learned[g.name] = jax.vmap(lambda h_k, s_k: self._learn(g, h_k, s_k, x, y, a_rms))(
           hp, tracked[g.name])
     new_state.update(learners=learned, prev=tracked, prev_x=x, prev_y=y,
                      t=state["t"] + 1)
@@ -407,6 +407,26 @@ class SystemIdImitator(Imitator):
       delta = jax.tree.map(jnp.subtract, moved, s.params)
       s = s._replace(anchor=jax.tree.map(jnp.add, s.anchor, delta))
     return s._replace(params=moved)
+
+  def _learn(self, group, hp, s, x, y, a_rms):
+    """One particle's learner step from its state s on (x, y), shortened by
+    `tracking.safeguard_to` only where it would raise the loss on (x, y) above both its
+    value before and that of outputs _ROOM x the behaviour's RMS a_rms [] away from y
+    (regression; classification: above its value before): a particle whose estimated
+    step size is beyond the stability bound of the inputs (a covariate shift, a teacher
+    near the bound) cannot diverge, while the steps of a bounded teacher, overshooting
+    ones included, are taken as they are (a particle with its hyperparams is it)."""
+    fam = group.family
+    loss = lambda p: learner.data_loss(fam, hp, p, x, y)[0]
+    value, grads = jax.value_and_grad(loss)(s.params)
+    moved = learner.update(fam, hp, s, x, y, grads=grads, perturbation_noise=False)
+    delta = jax.tree.map(jnp.subtract, moved.params, s.params)
+    ceiling = (0.0 if self.task == "classification" else
+               0.5 * self.out_dim * (_ROOM * a_rms) ** 2)
+    delta, _ = tracking.safeguard_to(loss, s.params, delta, grads, value, ceiling)
+    # The optimizer state, the anchor and the replay buffer are the learner's own: a
+    # shortened step changes only where the weights land.
+    return moved._replace(params=jax.tree.map(jnp.add, s.params, delta))
 
   def _refine(self, meta, state, x, a, active):
     """u moved down the one-step prediction error through each particle's last

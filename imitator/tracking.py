@@ -144,3 +144,27 @@ def safeguard(loss, params, delta, grads, loss_at_params):
   scale = jnp.where(finite, scale, 0.0)
   # where, not a product: a non-finite delta must become 0, not 0 * inf = nan.
   return jax.tree.map(lambda d: jnp.where(finite, scale * d, 0.0), delta), scale
+
+
+def safeguard_to(loss, params, delta, grads, loss_at_params, ceiling):
+  """`safeguard` with room: the step may raise the loss up to `ceiling` (not only back
+  to its value before), as a stable learner's step sometimes does on one batch (heavy
+  ball, replay, a step size near the stability bound). delta is scaled by
+  s = min(1, SAFE_MARGIN * s_max), s_max the largest fraction of delta whose loss along
+  it (the quadratic through L(w), the slope and L(w + delta)) is at most
+  max(L(w), ceiling); with ceiling <= L(w) this is `safeguard`. Returns (scaled delta,
+  the scale s)."""
+  slope = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(delta)))
+  moved = jax.tree.map(jnp.add, params, delta)
+  curvature = loss(moved) - loss_at_params - slope
+  room = jnp.maximum(ceiling - loss_at_params, 0.0)
+  q = jnp.where(curvature > 0, curvature, 1.0)
+  disc = slope * slope + 4 * q * room
+  # The positive root of q s^2 + slope s = room; disc = 0 only where slope = 0, which
+  # is not shortened (a safe sqrt there keeps the meta-gradient finite).
+  s_max = (-slope + jnp.sqrt(jnp.where(disc > 0, disc, 1.0))) / (2 * q)
+  overshoots = (slope < 0) & (curvature > 0) & (SAFE_MARGIN * s_max < 1.0)
+  scale = jnp.where(overshoots, SAFE_MARGIN * s_max, 1.0)
+  finite = jnp.isfinite(scale) & jnp.isfinite(curvature) & jnp.isfinite(slope)
+  scale = jnp.where(finite, scale, 0.0)
+  return jax.tree.map(lambda d: jnp.where(finite, scale * d, 0.0), delta), scale
