@@ -29,10 +29,15 @@ from flax import traverse_util
 
 
 def _manager(directory, keep: int, best: bool):
+  """Keeps the `keep` newest steps, or (best) the `keep` with the lowest val_nie; best_fn
+  stays in the options for `best_step` and the metrics each save must carry."""
+  best_fn = (lambda m: m["val_nie"]) if best else None
+  policy = (ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=True, n=keep,
+                                          keep_checkpoints_without_metrics=False)
+            if best else ocp.checkpoint_managers.LatestN(n=keep))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-      best_fn=(lambda m: m["val_nie"]) if best else None,
-      best_mode="min", keep_checkpoints_without_metrics=not best)
+      create=True, cleanup_tmp_directories=True, best_fn=best_fn, best_mode="min",
+      preservation_policy=policy)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=("state", "info"))
 
