@@ -163,8 +163,5 @@ def flat_arrays(tree, prefix: str = "") -> dict:
   teacher dumps and meta-param exports)."""
   import jax
   import numpy as np
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    out[f"{prefix}{name}"] = np.asarray(leaf)
-  return out
+  return {prefix + jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
