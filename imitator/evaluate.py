@@ -202,9 +202,12 @@ def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength
         excluded: int = 0, **extra) -> dict:
   """One report row: NIE over the last t_train steps before `horizon`, CI over the
   teachers of err, chance [P, T]; `excluded` teachers were left out (they blew up)."""
-  nie, ci = metrics.nie_with_ci(err, chance, metrics.window(horizon, t_train))
+  steps = metrics.window(horizon, t_train)
+  nie, ci = metrics.nie_with_ci(err, chance, steps)
+  median, median_ci = metrics.median_nie_with_ci(err, chance, steps)
   return {"imitator": name, "shift": shift, "strength": strength, "horizon": horizon,
-          "nie": nie, "nie_ci": list(ci), "n_teachers": int(np.asarray(err).shape[0]),
+          "nie": nie, "nie_ci": list(ci), "nie_median": median,
+          "nie_median_ci": list(median_ci), "n_teachers": int(np.asarray(err).shape[0]),
           "n_teachers_excluded": int(excluded), **extra}
 
 

@@ -87,6 +87,19 @@ def nie_with_ci(err, chance, steps: slice, **kwargs):
   return float(e.mean() / c.mean()), bootstrap_ci(e, c, **kwargs)
 
 
+def median_nie_with_ci(err, chance, steps: slice, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0):
+  """Median over teachers of each teacher's own NIE over `steps` (err, chance [P, T]),
+  and its bootstrap CI. Unlike `nie_with_ci` a few teachers with huge chance errors (near
+  divergence under strong shifts) cannot pull it towards 0."""
+  with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    per_teacher = (np.asarray(err, np.float64)[:, steps].mean(1)
+                   / np.asarray(chance, np.float64)[:, steps].mean(1))
+    stats = np.median(per_teacher[_resamples(per_teacher.shape[0], n_boot, seed)], axis=1)
+  lo, hi = _quantiles(stats, level)
+  return float(np.median(per_teacher)), (float(lo), float(hi))
+
+
 def trailing_sums(values, width: int):
   """Sums over the trailing `width` steps ending at each step, along the last axis
   [..., T] -> [..., T]; the first windows hold the steps so far."""

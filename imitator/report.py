@@ -142,17 +142,22 @@ def _shift_table(shift: str, rows: list, t: int) -> list:
 
 
 def _sweep_table(shift: str, rows: list, t: int) -> list:
+  """NIE per strength at 1x / 16x, then the median per-teacher NIE (rows written before
+  it existed show n/a there)."""
   strengths = sorted({r["strength"] for r in rows})
   lo, hi = t, HORIZON_MULTIPLES[-1] * t
   by = {(r["imitator"], r["strength"], r["horizon"]): r for r in rows}
   names = list(dict.fromkeys(r["imitator"] for r in rows if r["imitator"] != ORACLE))
-  lines = [f"## sweep: {shift} (NIE at 1x / {hi // t}x T_train per strength)", "",
+  lines = [f"## sweep: {shift} (NIE at 1x / {hi // t}x T_train per strength; median "
+           "over teachers of each teacher's own NIE below)", "",
            "| imitator | " + " | ".join(f"s={_strength(s)}" for s in strengths) + " |",
            "|" + "---|" * (len(strengths) + 1)]
-  for name in names:
-    cells = [" / ".join(value_text(by[(name, s, h)]["nie"]) if (name, s, h) in by else "n/a"
-                        for h in (lo, hi)) for s in strengths]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  for key, suffix in (("nie", ""), ("nie_median", " (median)")):
+    for name in names:
+      cells = [" / ".join(value_text(by[(name, s, h)][key])
+                          if key in by.get((name, s, h), {}) else "n/a" for h in (lo, hi))
+               for s in strengths]
+      lines.append(f"| {name}{suffix} | " + " | ".join(cells) + " |")
   used = []
   for s in strengths:
     r = next(r for r in rows if r["strength"] == s)

@@ -57,6 +57,20 @@ def test_nie_window_and_bootstrap_ci():
   assert metrics.window(2, 2) == slice(0, 2)  # at T_train: the whole run
 
 
+def test_median_nie_is_not_pulled_to_zero_by_one_near_divergent_teacher():
+  # Four teachers imitated at half their chance error, one whose chance error is 1e6
+  # (a teacher near divergence): the pooled NIE collapses, the median does not.
+  chance = np.array([[2.0, 2.0]] * 4 + [[1e6, 1e6]])
+  err = np.array([[1.0, 1.0]] * 4 + [[1.0, 1.0]])
+  steps = metrics.window(2, 2)
+  pooled, _ = metrics.nie_with_ci(err, chance, steps)
+  assert pooled == pytest.approx(5 / (8 + 1e6))
+  median, (lo, hi) = metrics.median_nie_with_ci(err, chance, steps)
+  per_teacher = sorted(e.mean() / c.mean() for e, c in zip(err, chance))
+  assert median == pytest.approx(per_teacher[2]) == pytest.approx(0.5)
+  assert per_teacher[0] <= lo <= median <= hi <= per_teacher[-1]
+
+
 def test_bootstrap_ci_of_identical_teachers_is_a_point():
   lo, hi = metrics.bootstrap_ci(np.full(10, 0.3), np.full(10, 0.6))
   assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
