@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -102,6 +103,7 @@ class Interrupted(BaseException):
 
 
 _INTERRUPTS = {"deferring": 0, "pending": None, "raised": False}
+_RESEND_AFTER_S = 0.05
 
 
 def _raise_interrupted(signum, frame):
@@ -117,11 +119,13 @@ def _raise_interrupted(signum, frame):
 
 def _unraisable(hook_args, previous):
   """An `Interrupted` raised where Python ignores exceptions (a gc callback, a __del__):
-  the signal is sent again, to be raised at a later instruction."""
+  the signal is sent again shortly, from another thread, to be raised at a later
+  instruction. (Sent from here, its handler would run inside this hook, where the
+  exception is ignored again and the signal lost.)"""
   e = hook_args.exc_value
   if isinstance(e, Interrupted):
     _INTERRUPTS["raised"] = False
-    os.kill(os.getpid(), e.signum)
+    threading.Timer(_RESEND_AFTER_S, os.kill, (os.getpid(), e.signum)).start()
     return
   previous(hook_args)
 

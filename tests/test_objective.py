@@ -57,7 +57,9 @@ def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
     return metrics.step_error("regression", as_, a_hat).mean()
 
   loss, grads = objective.loss_and_grads(im, meta, keys, xs, ys, as_)
-  np.testing.assert_allclose(loss, full(meta), rtol=1e-5)  # float32 sums in another order
+  # Two compiled programs (with and without the backward pass) fuse and sum float32 in
+  # different orders over a 32-step recurrence: 1.06e-5 apart here, as the gradients.
+  np.testing.assert_allclose(loss, full(meta), rtol=1e-4)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.grad(full)(meta))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 

@@ -255,6 +255,22 @@ def _interrupt_at(tmp_path, pattern, sig, delay=1.0):
   return proc.returncode, log.read_text(), workdir
 
 
+def test_a_signal_raised_where_python_ignores_exceptions_is_raised_again_later():
+  # A signal landing in a __del__ (as during compilation, under gc) raises there, where
+  # Python only reports the exception; it must not be lost.
+  class RaisesInDel:
+    def __del__(self):
+      checkpoint._raise_interrupted(signal.SIGTERM, None)
+
+  with pytest.raises(checkpoint.Interrupted) as caught:
+    with checkpoint.interruptible():
+      RaisesInDel()  # collected at once: Interrupted inside __del__, unraisable
+      deadline = time.time() + 10
+      while time.time() < deadline:
+        time.sleep(0.01)
+  assert caught.value.exit_code == 143
+
+
 @pytest.mark.slow
 def test_sigterm_before_the_first_step_exits_143_with_one_line(tmp_path):
   code, out, workdir = _interrupt_at(tmp_path, "workdir:", signal.SIGTERM)
