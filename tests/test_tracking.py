@@ -122,3 +122,38 @@ def test_kalman_step_contracts_the_residual_at_any_input_scale():
     assert np.isfinite(after) and after <= before * (1 + 1e-4), (scale, before, after)
     eig = np.linalg.eigvalsh(np.asarray(new_cov["dense_0"][0], np.float64))
     assert eig.min() > -1e-3 * eig.max()  # stays positive semi-definite
+
+
+def _quadratic_step(lr_c):
+  """L(w) = 0.5 c (w - 1)^2 at w = 3 with c = 2, and the gradient step of size lr_c / c."""
+  c, w = 2.0, {"w": jnp.array([3.0])}
+  loss = lambda p: 0.5 * c * jnp.sum((p["w"] - 1.0) ** 2)
+  value, grads = jax.value_and_grad(loss)(w)
+  delta = jax.tree.map(lambda g: -(lr_c / c) * g, grads)
+  return loss, w, delta, grads, value
+
+
+def test_safeguard_matches_the_closed_form_on_a_quadratic():
+  # Along delta = -lr g the loss is exactly quadratic: an overshooting step (lr c = 3,
+  # landing 2 e past the minimizer) is cut to margin * 2 / (lr c); a stable one is kept.
+  loss, w, delta, grads, value = _quadratic_step(3.0)
+  _, scale = tracking.safeguard(loss, w, delta, grads, value)
+  np.testing.assert_allclose(scale, tracking.SAFE_MARGIN * 2 / 3, rtol=1e-6)
+  loss, w, delta, grads, value = _quadratic_step(0.5)
+  assert float(tracking.safeguard(loss, w, delta, grads, value)[1]) == 1.0
+
+
+def test_safeguard_to_lands_at_most_at_its_ceiling():
+  loss, w, delta, grads, value = _quadratic_step(6.0)  # unguarded: 25 x the loss before
+  # No room: exactly `safeguard`.
+  np.testing.assert_allclose(
+      tracking.safeguard_to(loss, w, delta, grads, value, value)[1],
+      tracking.safeguard(loss, w, delta, grads, value)[1], rtol=1e-6)
+  # Room up to 4 x the loss: |1 - 6 s| = 2 at s = 1/2, then the margin.
+  step, scale = tracking.safeguard_to(loss, w, delta, grads, value, 4 * value)
+  np.testing.assert_allclose(scale, tracking.SAFE_MARGIN * 0.5, rtol=1e-6)
+  landed = loss(jax.tree.map(jnp.add, w, step))
+  assert value < landed <= 4 * value
+  # A step within the room is taken as it is.
+  loss, w, delta, grads, value = _quadratic_step(2.5)  # lands at 2.25 x the loss
+  assert float(tracking.safeguard_to(loss, w, delta, grads, value, 4 * value)[1]) == 1.0
