@@ -131,19 +131,29 @@ def kalman_projection(apply, params, noise_ratio, correction, cov, process_noise
   return from_unit_blocks(new_blocks), new_cov, out
 
 
-def safeguard(loss, params, delta, grads, loss_at_params):
-  """delta scaled so that the step cannot overshoot (see the module docstring); grads
-  is the gradient of `loss` at params. Returns (scaled delta, the scale s)."""
+def _slope_and_curvature(loss, params, delta, grads, loss_at_params):
+  """g.delta and L(w + delta) - L(w) - g.delta: the quadratic of the loss along delta."""
   slope = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(delta)))
   moved = jax.tree.map(jnp.add, params, delta)
-  curvature = loss(moved) - loss_at_params - slope
-  overshoots = (slope < 0) & (curvature > -SAFE_MARGIN * slope)
-  scale = jnp.where(overshoots, SAFE_MARGIN * -slope / jnp.where(overshoots, curvature, 1.0),
-                    1.0)
+  return slope, loss(moved) - loss_at_params - slope
+
+
+def _scaled(delta, scale, slope, curvature):
+  """(scale * delta, scale), both 0 where any of them is not finite."""
   finite = jnp.isfinite(scale) & jnp.isfinite(curvature) & jnp.isfinite(slope)
   scale = jnp.where(finite, scale, 0.0)
   # where, not a product: a non-finite delta must become 0, not 0 * inf = nan.
   return jax.tree.map(lambda d: jnp.where(finite, scale * d, 0.0), delta), scale
+
+
+def safeguard(loss, params, delta, grads, loss_at_params):
+  """delta scaled so that the step cannot overshoot (see the module docstring); grads
+  is the gradient of `loss` at params. Returns (scaled delta, the scale s)."""
+  slope, curvature = _slope_and_curvature(loss, params, delta, grads, loss_at_params)
+  overshoots = (slope < 0) & (curvature > -SAFE_MARGIN * slope)
+  scale = jnp.where(overshoots, SAFE_MARGIN * -slope / jnp.where(overshoots, curvature, 1.0),
+                    1.0)
+  return _scaled(delta, scale, slope, curvature)
 
 
 def safeguard_to(loss, params, delta, grads, loss_at_params, ceiling):
@@ -154,9 +164,7 @@ def safeguard_to(loss, params, delta, grads, loss_at_params, ceiling):
   it (the quadratic through L(w), the slope and L(w + delta)) is at most
   max(L(w), ceiling); with ceiling <= L(w) this is `safeguard`. Returns (scaled delta,
   the scale s)."""
-  slope = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads), jax.tree.leaves(delta)))
-  moved = jax.tree.map(jnp.add, params, delta)
-  curvature = loss(moved) - loss_at_params - slope
+  slope, curvature = _slope_and_curvature(loss, params, delta, grads, loss_at_params)
   room = jnp.maximum(ceiling - loss_at_params, 0.0)
   q = jnp.where(curvature > 0, curvature, 1.0)
   disc = slope * slope + 4 * q * room
@@ -164,7 +172,4 @@ def safeguard_to(loss, params, delta, grads, loss_at_params, ceiling):
   # is not shortened (a safe sqrt there keeps the meta-gradient finite).
   s_max = (-slope + jnp.sqrt(jnp.where(disc > 0, disc, 1.0))) / (2 * q)
   overshoots = (slope < 0) & (curvature > 0) & (SAFE_MARGIN * s_max < 1.0)
-  scale = jnp.where(overshoots, SAFE_MARGIN * s_max, 1.0)
-  finite = jnp.isfinite(scale) & jnp.isfinite(curvature) & jnp.isfinite(slope)
-  scale = jnp.where(finite, scale, 0.0)
-  return jax.tree.map(lambda d: jnp.where(finite, scale * d, 0.0), delta), scale
+  return _scaled(delta, jnp.where(overshoots, SAFE_MARGIN * s_max, 1.0), slope, curvature)
