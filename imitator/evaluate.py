@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import functools
 import json
 import math
 import os
@@ -26,17 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imitator import checkpoint, episodes, kinds, metrics, objective, parallel
+from imitator import checkpoint, co_rollout, episodes, kinds, metrics, objective, parallel
+from imitator import references
+from imitator.references import KNOWN_HPARAMS, TWIN
 from imitator import workdir as workdir_lib
 from learners import family as family_lib
-from learners import learner, networks, rollout, shifts, streams
+from learners import rollout, shifts, streams
 
 ORACLE = "oracle"
-UNTRAINED, KNOWN_HPARAMS, TWIN = "untrained", "known_hparams", "twin"
+UNTRAINED = "untrained"
 REFERENCES = (UNTRAINED, KNOWN_HPARAMS, TWIN)
 BASELINES = ("frozen", "context_only")
 VERSUS = BASELINES + (UNTRAINED, KNOWN_HPARAMS)  # what the trained imitator is paired with
 HORIZON_MULTIPLES = (1, 2, 4, 8, 16)
+# Longest horizon (x T_train) rolled out before the imitators run; longer ones stream.
+STREAMED_ABOVE = HORIZON_MULTIPLES[-1]
 DIVERGENCE_EPS = (0.1, 0.25)
 BATTERY = ("none",) + tuple(shifts.SHIFTS)
 # Behaviour beyond this (or non-finite) is a learner that blew up: such teachers leave a
@@ -159,35 +162,6 @@ def imitate(im, meta, keys, xs, ys, as_, chunk: int, probes=None):
 # --------------------------------------------------------------------------- references
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def reference_behaviours(family, hparams, init_keys, x, y) -> dict:
-  """Behaviour [P, T, B, out] of the reference learners on teachers' streams x, y
-  [P, T, B, ...], given the teachers' hparams {field: [P]} and init keys [P]:
-  `known_hparams` (the teacher's hparams; weights from an independent key with the
-  readout zeroed; its own draws) and `twin` (hparams and initial weights of the teacher;
-  its own draws for replay, reservoir and shrink-and-perturb). Each predicts before it
-  updates, on the labels only."""
-
-  def run(hp, state, xs, ys):
-    _, (behaviour, _) = jax.lax.scan(lambda s, xy: learner.step(family, hp, s, *xy),
-                                     state, (xs, ys))
-    return behaviour
-
-  def known(hp, key, xs, ys):
-    key = jax.random.fold_in(key, 1)  # never the teacher's own key split
-    params = {kind: networks.zero_readout(p)
-              for kind, p in learner.init(family, hp, key).params.items()}
-    # `params` also sets the anchor, for families that have one.
-    return run(hp, learner.init(family, hp, key, params=params), xs, ys)
-
-  def twin(hp, key, xs, ys):
-    state = learner.init(family, hp, key)
-    return run(hp, state._replace(key=jax.random.fold_in(state.key, 1)), xs, ys)
-
-  return {KNOWN_HPARAMS: jax.vmap(known)(hparams, init_keys, x, y),
-          TWIN: jax.vmap(twin)(hparams, init_keys, x, y)}
-
-
 def with_untrained(exp, meta) -> tuple[dict, dict]:
   """(imitators, meta-params) with `untrained`: the configured kind at the initial
   meta-params training starts from (Experiment.init_state's own draw)."""
@@ -199,10 +173,11 @@ def with_untrained(exp, meta) -> tuple[dict, dict]:
 
 
 def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength=None,
-        excluded: int = 0, **extra) -> dict:
+        excluded: int = 0, unit: int = 1, **extra) -> dict:
   """One report row: NIE over the last t_train steps before `horizon`, CI over the
-  teachers of err, chance [P, T]; `excluded` teachers were left out (they blew up)."""
-  steps = metrics.window(horizon, t_train)
+  teachers of err, chance [P, T / unit] (per step, or means over blocks of `unit`
+  steps); `excluded` teachers were left out (they blew up)."""
+  steps = metrics.window(horizon // unit, t_train // unit)
   nie, ci = metrics.nie_with_ci(err, chance, steps)
   median, median_ci = metrics.median_nie_with_ci(err, chance, steps)
   return {"imitator": name, "shift": shift, "strength": strength, "horizon": horizon,
@@ -211,22 +186,28 @@ def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength
           "n_teachers_excluded": int(excluded), **extra}
 
 
-def _divergence(err, chance, t_train):
+def _steps(step, unit):
+  """A 1-based count of blocks of `unit` steps as a count of steps (None stays None)."""
+  return None if step is None else step * unit
+
+
+def _divergence(err, chance, t_train, unit: int = 1):
   out = {}
   for eps in DIVERGENCE_EPS:
-    step, multiple = metrics.horizon_to_divergence(err, chance, eps, t_train, t_train)
-    out[str(eps)] = {"step": step, "t_train_multiple": multiple}
+    step, multiple = metrics.horizon_to_divergence(err, chance, eps, t_train // unit,
+                                                   t_train // unit)
+    out[str(eps)] = {"step": _steps(step, unit), "t_train_multiple": multiple}
   return out
 
 
-def _identification(err, chance, t_train) -> dict:
+def _identification(err, chance, t_train, unit: int = 1) -> dict:
   """The identification fields of every row of one imitator and shift (err, chance over
-  the whole evaluated stream)."""
-  step, multiple = metrics.identification_step(err, chance, t_train, t_train)
-  median, median_multiple, fraction = metrics.identification_step_median(
-      err, chance, t_train, t_train)
-  return {"identification_step": {"step": step, "t_train_multiple": multiple},
-          "identification_step_median": {"step": median,
+  the whole evaluated stream, per step or per block of `unit` steps)."""
+  w = t_train // unit
+  step, multiple = metrics.identification_step(err, chance, w, w)
+  median, median_multiple, fraction = metrics.identification_step_median(err, chance, w, w)
+  return {"identification_step": {"step": _steps(step, unit), "t_train_multiple": multiple},
+          "identification_step_median": {"step": _steps(median, unit),
                                          "t_train_multiple": median_multiple},
           "identified_fraction": fraction}
 
@@ -260,69 +241,118 @@ def errors(task, ep, outputs, names) -> tuple[dict, np.ndarray]:
   return errs, np.asarray(metrics.step_error(task, ep.behaviour, ep.chance))
 
 
-def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family, strength=None,
-               excluded: int = 0) -> list:
-  """Rows of one shift: every imitator and reference (and the oracle) at every horizon.
-  `outputs` {name: (a_hat [P, T, B, out], estimates or None, probes)}; ep holds the
-  teachers used, `excluded` counts those left out."""
+class Evaluated(NamedTuple):
+  """One shift's figures on the teachers kept, per step (unit 1) or as means over
+  blocks of `unit` steps: err and loss {name: [P, n]}, chance and teacher_loss [P, n],
+  agree {name: [P, n]} (classification, else {}), blown {name: teachers whose
+  predictions blew up}, estimates {name: {field: [P, one per t_train steps]}}
+  (system_id, materialized only), the teachers' hparams {field: [P]}."""
+
+  err: dict
+  chance: np.ndarray
+  teacher_loss: np.ndarray
+  loss: dict
+  agree: dict
+  blown: dict
+  estimates: dict
+  hparams: dict
+  excluded: int = 0
+  unit: int = 1
+
+
+def materialized(task, names, ep, outputs, excluded: int = 0) -> Evaluated:
+  """`Evaluated` per step from episodes `ep` of the teachers kept and their imitators'
+  `outputs` {name: (a_hat [P, T, B, out], estimates or None, probes)}."""
   errs, chance = errors(task, ep, outputs, names)
-  teacher_loss = np.asarray(ep.loss)
-  common = dict(strength=strength, excluded=excluded)
   axes = tuple(range(1, np.ndim(ep.behaviour)))
-  rows = []
+  loss, agree, blown, estimates = {}, {}, {}, {}
   for name, (a_hat, est, _) in outputs.items():
     label = names.get(name, name)
-    err = errs[label]
     with np.errstate(over="ignore", invalid="ignore"):
-      own_loss = np.asarray(metrics.task_loss(task, a_hat, ep.y))
-    agree = (np.asarray(metrics.argmax_agreement(ep.behaviour, a_hat))
-             if task == "classification" else None)
-    per_shift = {"horizon_to_divergence": _divergence(err, chance, t_train),
-                 **_identification(err, chance, t_train)}
-    blown = int(_blown_up(a_hat, axes).sum())
-    if blown:
-      per_shift["note"] = (f"predictions non-finite or beyond {BLOWN_UP:g} for {blown} of "
-                           f"{err.shape[0]} teachers")
+      loss[label] = np.asarray(metrics.task_loss(task, a_hat, ep.y))
+    if task == "classification":
+      agree[label] = np.asarray(metrics.argmax_agreement(ep.behaviour, a_hat))
+    blown[label] = int(_blown_up(a_hat, axes).sum())
+    if est is not None:
+      estimates[label] = est
+  return Evaluated(errs, chance, np.asarray(ep.loss), loss, agree, blown, estimates,
+                   ep.hparams, excluded)
+
+
+def streamed(names, sums: co_rollout.Sums, unit: int) -> Evaluated:
+  """`Evaluated` per block of `unit` steps from co-rollout sums, keeping the teachers
+  whose behaviour and chance teacher's stayed finite and within BLOWN_UP."""
+  peak = {k: np.asarray(v) for k, v in sums.peak.items()}
+  keep = (peak.pop("teacher") <= BLOWN_UP) & (peak.pop("chance") <= BLOWN_UP)
+  label = lambda k: names.get(k, k)
+  per = lambda d: {label(k): np.asarray(v)[keep] for k, v in d.items()}
+  return Evaluated(per(sums.err), np.asarray(sums.chance)[keep],
+                   np.asarray(sums.teacher_loss)[keep], per(sums.loss), per(sums.agree),
+                   {label(k): int((~(v[keep] <= BLOWN_UP)).sum()) for k, v in peak.items()},
+                   {}, {}, int((~keep).sum()), unit)
+
+
+def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family, strength=None,
+               excluded: int = 0) -> list:
+  """Rows of one shift from materialized episodes (see `materialized`, `rows_of`)."""
+  return rows_of(materialized(task, names, ep, outputs, excluded), shift, t_train,
+                 horizons, family, strength)
+
+
+def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None) -> list:
+  """Rows of one shift: every imitator and reference (and the oracle) at every horizon."""
+  u = ev.unit
+  common = dict(strength=strength, excluded=ev.excluded, unit=u)
+  rows = []
+  for label, err in ev.err.items():
+    per_shift = {"horizon_to_divergence": _divergence(err, ev.chance, t_train, u),
+                 **_identification(err, ev.chance, t_train, u)}
+    if ev.blown.get(label):
+      per_shift["note"] = (f"predictions non-finite or beyond {BLOWN_UP:g} for "
+                           f"{ev.blown[label]} of {err.shape[0]} teachers")
     for h in horizons:
-      steps = metrics.window(h, t_train)
+      steps = metrics.window(h // u, t_train // u)
       with np.errstate(invalid="ignore", over="ignore"):
-        gap, gap_ci = metrics.task_gap(teacher_loss, own_loss, steps)
+        gap, gap_ci = metrics.task_gap(ev.teacher_loss, ev.loss[label], steps)
       extra = {**per_shift, "task_gap": gap, "task_gap_ci": list(gap_ci)}
-      if agree is not None:
-        extra["argmax_agreement"] = float(agree[:, steps].mean())
-      if est is not None:
-        i = h // t_train - 1
-        true = {f: np.asarray(ep.hparams[f]) for f in family_lib.CONTINUOUS
+      if label in ev.agree:
+        extra["argmax_agreement"] = float(ev.agree[label][:, steps].mean())
+      if label in ev.estimates:
+        est, i = ev.estimates[label], h // t_train - 1
+        true = {f: np.asarray(ev.hparams[f]) for f in family_lib.CONTINUOUS
                 if f == "learning_rate" or family.prior(f).kind != "fixed"}
         extra["hparam_recovery"] = metrics.hparam_recovery(
             true, {f: np.asarray(est[f])[:, i] for f in true}, family.log_scale_fields())
-      rows.append(row(label, shift, h, t_train, err, chance, **common, **extra))
-  zeros = np.zeros_like(chance)
+      rows.append(row(label, shift, h, t_train, err, ev.chance, **common, **extra))
+  zeros = np.zeros_like(ev.chance)
   for h in horizons:
-    rows.append(row(ORACLE, shift, h, t_train, zeros, chance, **common,
-                    horizon_to_divergence=_divergence(zeros, chance, t_train),
-                    **_identification(zeros, chance, t_train),
+    rows.append(row(ORACLE, shift, h, t_train, zeros, ev.chance, **common,
+                    horizon_to_divergence=_divergence(zeros, ev.chance, t_train, u),
+                    **_identification(zeros, ev.chance, t_train, u),
                     task_gap=0.0, task_gap_ci=[0.0, 0.0]))
   return rows
 
 
 def comparisons(label: str, errs: dict, chance, shift, t_train, horizons,
-                strength=None) -> list:
+                strength=None, unit: int = 1) -> list:
   """The trained imitator `label` paired with each of VERSUS present in errs {name:
-  err [P, T]}, at every horizon (metrics.paired_comparison)."""
+  err [P, T / unit]}, at every horizon (metrics.paired_comparison)."""
   return [{"shift": shift, "strength": strength, "horizon": h, "imitator": label,
            "versus": versus, **metrics.paired_comparison(
-               errs[label], errs[versus], chance, metrics.window(h, t_train))}
+               errs[label], errs[versus], chance,
+               metrics.window(h // unit, t_train // unit))}
           for versus in VERSUS if versus in errs for h in horizons]
 
 
-def nie_curves(errs: dict, chance, t_train: int, points: int = PLOT_POINTS) -> dict:
+def nie_curves(errs: dict, chance, t_train: int, points: int = PLOT_POINTS,
+               unit: int = 1) -> dict:
   """{name: {"steps", "nie", "lo", "hi"}}: the NIE over the trailing t_train steps at
-  ~`points` log-spaced steps, with its 95% band over teachers."""
-  steps = np.unique(np.geomspace(1, chance.shape[1], points).round().astype(int))
+  ~`points` log-spaced steps, with its 95% band over teachers (err, chance per step, or
+  per block of `unit` steps: then at block ends)."""
+  blocks = np.unique(np.geomspace(1, chance.shape[1], points).round().astype(int))
   return {name: dict(zip(("nie", "lo", "hi"),
-                         metrics.windowed_nie_band(err, chance, t_train, steps)),
-                     steps=steps) for name, err in errs.items()}
+                         metrics.windowed_nie_band(err, chance, t_train // unit, blocks)),
+                     steps=blocks * unit) for name, err in errs.items()}
 
 
 # --------------------------------------------------------------------------- battery
@@ -338,12 +368,17 @@ def restore_meta(exp, workdir: str, best: bool = True, step: int | None = None):
   return state.meta
 
 
+def held_out_key(config):
+  """The key of the held-out teachers and their streams (validation folds in 1)."""
+  return jax.random.fold_in(jax.random.key(config.eval.seed), 2)
+
+
 def held_out(config, setting, data, n: int, horizon: int | None = None):
   """n held-out teachers with chance teachers, from the evaluation seed."""
   if horizon:
     setting = setting.with_horizon(horizon)
-  key = jax.random.fold_in(jax.random.key(config.eval.seed), 2)
-  return jax.jit(lambda k: episodes.sample(setting, data, k, n, chance=True))(key)
+  return jax.jit(lambda k: episodes.sample(setting, data, k, n, chance=True))(
+      held_out_key(config))
 
 
 def shifted_setting(exp, shift: str, stream_npz: str | None = None):
@@ -368,10 +403,14 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
   return setting, data
 
 
-def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None) -> dict:
-  """Every imitator of `meta` and every reference on every shift and horizon, and on
-  every strength of `sweeps` {shift: strengths}: {"results", "comparisons", "skipped",
-  "curves"} (curves: `nie_curves` per unswept shift, for plots)."""
+def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
+                multiples=HORIZON_MULTIPLES) -> dict:
+  """Every imitator of `meta` and every reference on every shift at every horizon of
+  `multiples` x T_train, and on every strength of `sweeps` {shift: strengths}:
+  {"results", "comparisons", "skipped", "curves"} (curves: `nie_curves` per unswept
+  shift, for plots). Up to STREAMED_ABOVE x T_train the teachers are rolled out first
+  and figures kept per step; beyond it they stream beside the imitators
+  (`co_rollout`), figures kept per block of T_train / 4 steps, in constant memory."""
   t = exp.setting.t
   n = exp.config.eval.teachers
   label = kinds.label(exp.config)
@@ -380,6 +419,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None)
   imitators, metas = with_untrained(exp, meta)
   keys = jax.random.split(jax.random.key(0), n)
   compiled = {}  # one jit per imitator object: `untrained` shares the trained kind's
+  stream = max(multiples) > STREAMED_ABOVE
 
   def run(metas, x, y, a):
     out = {}
@@ -389,6 +429,22 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None)
             im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1]) or x.shape[1]))
       out[name] = compiled[im](metas[name], x, y, a)
     return out
+
+  def evaluated(setting, data, horizon):
+    if stream:
+      chunk = _divisor(t, horizon) or horizon
+      unit = _divisor(max(chunk // 4, 1), chunk) or chunk
+      sums = co_rollout.co_rollout(setting, data, imitators, metas,
+                                   held_out_key(exp.config), n, horizon, chunk, unit, keys)
+      return streamed(names, sums, unit)
+    ep = held_out(exp.config, setting, data, n, horizon)
+    outputs = run(metas, ep.x, ep.y, ep.behaviour)
+    outputs.update({k: (a, None, None) for k, a in references.behaviours(
+        setting.family, ep.hparams, ep.init_keys, ep.x, ep.y).items()})
+    keep = usable_teachers(ep)
+    ep, outputs = select_teachers(ep, outputs, keep)
+    return materialized(setting.task, names, ep, outputs, int(n - keep.sum()))
+
   entries = [(s, None) for s in shift_names] + [
       (s, v) for s, strengths in (sweeps or {}).items() for v in strengths]
   for shift, strength in entries:
@@ -400,32 +456,25 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None)
       skipped.append({"shift": shift, "strength": strength, "reason": str(e)})
       log(f"shift {where}: skipped ({e})")
       continue
-    horizon = t * HORIZON_MULTIPLES[-1]
+    horizon = t * max(multiples)
     if shift == "npz":
-      horizon = setting.t - setting.t % t if setting.t >= t else setting.t
-    ep = held_out(exp.config, setting, data, n, horizon)
-    outputs = run(metas, ep.x, ep.y, ep.behaviour)
-    outputs.update({k: (a, None, None) for k, a in reference_behaviours(
-        setting.family, ep.hparams, ep.init_keys, ep.x, ep.y).items()})
-    keep = usable_teachers(ep)
-    if not keep.any():
+      horizon = min(horizon, setting.t - setting.t % t if setting.t >= t else setting.t)
+    ev = evaluated(setting, data, horizon)
+    if ev.excluded == n:
       reason = f"all {n} held-out teachers blew up (behaviour non-finite or beyond {BLOWN_UP:g})"
       skipped.append({"shift": shift, "strength": strength, "reason": reason})
       log(f"shift {where}: skipped ({reason})")
       continue
-    ep, outputs = select_teachers(ep, outputs, keep)
-    horizons = [m * t for m in HORIZON_MULTIPLES if m * t <= horizon] or [horizon]
-    rows = shift_rows(setting.task, names, shift, t, horizons, ep, outputs, setting.family,
-                      strength=strength, excluded=int(n - keep.sum()))
+    horizons = [m * t for m in sorted(multiples) if m * t <= horizon] or [horizon]
+    rows = rows_of(ev, shift, t, horizons, setting.family, strength)
     results += rows
-    errs, chance = errors(setting.task, ep, outputs, names)
-    comps += comparisons(label, errs, chance, shift, t, horizons, strength)
+    comps += comparisons(label, ev.err, ev.chance, shift, t, horizons, strength, ev.unit)
     if strength is None:
-      curves[shift] = nie_curves(errs, chance, t)
+      curves[shift] = nie_curves(ev.err, ev.chance, t, unit=ev.unit)
     best = min((r for r in rows if r["horizon"] == horizons[-1] and r["imitator"] not in
                 (ORACLE,) + REFERENCES), key=lambda r: r["nie"])
     log(f"shift {where}: NIE at {horizons[-1]} steps, best {best['imitator']} "
-        f"{best['nie']:.3f} ({n - int(keep.sum())} of {n} teachers excluded)")
+        f"{best['nie']:.3f} ({ev.excluded} of {n} teachers excluded)")
   return {"results": results, "comparisons": comps, "skipped": skipped, "curves": curves}
 
 
@@ -572,7 +621,7 @@ def final_report(exp, workdir: str) -> dict:
   ep = held_out(exp.config, exp.setting, exp.data, n)
   imitators, metas = with_untrained(exp, meta)
   errs, chance = errors_fn(imitators, exp.setting, ep, exp.config.eval.window)(metas)
-  refs = reference_behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
+  refs = references.behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
   errs.update({k: metrics.step_error(exp.setting.task, ep.behaviour, a)
                for k, a in refs.items()})
   keep = usable_teachers(ep)
@@ -590,11 +639,13 @@ def final_report(exp, workdir: str) -> dict:
 
 
 def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
-             with_forgetting: bool = True, log=print, sweeps=None) -> dict:
-  """The battery (and the strength sweeps {shift: strengths}) on the best checkpoint of
-  `workdir`: report.json rows, report.md and plots under workdir/eval."""
+             with_forgetting: bool = True, log=print, sweeps=None,
+             multiples=HORIZON_MULTIPLES) -> dict:
+  """The battery (and the strength sweeps {shift: strengths}) at `multiples` x T_train
+  on the best checkpoint of `workdir`: report.json rows, report.md and plots under
+  workdir/eval."""
   meta = restore_meta(exp, workdir)
-  battery = run_battery(exp, meta, shift_names, stream_npz, log, sweeps)
+  battery = run_battery(exp, meta, shift_names, stream_npz, log, sweeps, multiples)
   rows, skipped = battery["results"], battery["skipped"]
   forget = None
   if with_forgetting:

@@ -4,7 +4,10 @@
 0 is the whole horizon). Gradients flow within a window and through the imitator's
 initial state in the first one; the state carried into later windows is a constant
 (truncated backpropagation), so memory is bounded by the window, not the horizon.
-The loss is the mean over teachers and steps of D(a_t, a_hat_t) (`imitator.metrics`).
+`streamed_loss_and_grads` does the same for several imitators beside teachers whose
+streams are generated and rolled out window by window too, so that the episode's data
+is bounded by the window as well. The loss is the mean over teachers and steps of
+D(a_t, a_hat_t) (`imitator.metrics`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from imitator import metrics
+from imitator import episodes, metrics
+from learners import learner, streams
 
 
 def _unroll_batch(imitator, meta, states, xs, ys, as_, fresh=False):
@@ -52,32 +56,100 @@ def unroll(imitator, meta, keys, xs, ys, as_, window: int = 0):
   return jnp.concatenate([first, a_hat], axis=1)
 
 
+def _window_loss(imitator, meta, states, xw, yw, aw, fresh=False):
+  """(mean D over one window of P teachers, imitator states after it)."""
+  states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw, fresh)
+  return metrics.step_error(imitator.task, aw, a_hat).mean(), states
+
+
+def _first_window(imitator, meta, keys, xw, yw, aw):
+  """((loss, states), grads) of the first window: gradients also flow through the
+  imitator's initial state."""
+  first = lambda m: _window_loss(imitator, m, init_states(imitator, m, keys), xw, yw, aw,
+                                 fresh=True)
+  return jax.value_and_grad(first, has_aux=True)(meta)
+
+
+def _later_window(imitator, meta, states, xw, yw, aw):
+  """((loss, states), grads) of a later window: the carried state is a constant."""
+  return jax.value_and_grad(_window_loss, argnums=1, has_aux=True)(
+      imitator, meta, jax.lax.stop_gradient(states), xw, yw, aw)
+
+
+def _check_window(window, horizon):
+  if horizon % window:
+    raise ValueError(f"train.truncation={window} must divide the horizon {horizon}.")
+
+
 def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
   """(mean imitation loss, its gradient w.r.t. meta) over P teachers [P, T, ...]."""
   horizon = xs.shape[1]
   window = window or horizon
-  if horizon % window:
-    raise ValueError(f"train.truncation={window} must divide the horizon {horizon}.")
+  _check_window(window, horizon)
   n = horizon // window
-
-  def window_loss(meta, states, xw, yw, aw, fresh=False):
-    states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw, fresh)
-    return metrics.step_error(imitator.task, aw, a_hat).mean(), states
-
-  def first(meta):
-    return window_loss(meta, init_states(imitator, meta, keys), xs[:, :window],
-                       ys[:, :window], as_[:, :window], fresh=True)
-
-  (loss, states), grads = jax.value_and_grad(first, has_aux=True)(meta)
+  (loss, states), grads = _first_window(imitator, meta, keys, xs[:, :window],
+                                        ys[:, :window], as_[:, :window])
   if n == 1:
     return loss, grads
 
   def body(carry, start):
     states, loss_sum, grad_sum = carry
-    (l, states), g = jax.value_and_grad(window_loss, has_aux=True)(
-        meta, jax.lax.stop_gradient(states), *_window((xs, ys, as_), start, window))
+    (l, states), g = _later_window(imitator, meta, states,
+                                   *_window((xs, ys, as_), start, window))
     return (states, loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), None
 
   (_, loss, grads), _ = jax.lax.scan(body, (states, loss, grads),
                                      jnp.arange(1, n) * window)
   return loss / n, jax.tree.map(lambda g: g / n, grads)
+
+
+def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, keys,
+                            n: int, window: int, place=lambda a: a) -> dict:
+  """{name: (mean imitation loss, gradient w.r.t. metas[name])} of every imitator on n
+  fresh teachers, the teachers and streams `episodes.sample(setting, data, key, n)`
+  draws, imitator states from keys [n]. The teachers' streams are generated and rolled
+  out `window` steps at a time beside the imitators (`streams.advance`), so memory is
+  bounded by the window, data included; `place` puts each teacher-axis array on its
+  device."""
+  spec, family = setting.spec, setting.family
+  _check_window(window, spec.horizon)
+  k_teach, k_stream, _ = jax.random.split(key, 3)
+  hp, init_keys = episodes.teachers(setting, k_teach, n)
+  hp, init_keys = place(hp), place(init_keys)
+  cursors = jax.vmap(lambda k: streams.start(spec, k, data))(
+      place(jax.random.split(k_stream, n)))
+  teachers = jax.vmap(lambda h, k: learner.init(family, h, k))(hp, init_keys)
+
+  def teach(cursors, teachers, first):
+    """The next window's streams and the teachers' behaviour on it."""
+    cursors, s = jax.vmap(lambda c: streams.advance(spec, c, data, first, window))(cursors)
+
+    def follow(h, state, xs, ys):
+      step = lambda st, xy: learner.step(family, h, st, *xy)
+      state, (behaviour, _) = jax.lax.scan(step, state, (xs, ys))
+      return state, behaviour
+
+    teachers, behaviour = jax.vmap(follow)(hp, teachers, s.x, s.y)
+    return cursors, teachers, (s.x, s.y, behaviour)
+
+  cursors, teachers, xya = teach(cursors, teachers, 0)
+  states, losses, grads = {}, {}, {}
+  for name, im in imitators.items():
+    (losses[name], states[name]), grads[name] = _first_window(im, metas[name], keys, *xya)
+  count = spec.horizon // window
+  if count == 1:
+    return {name: (losses[name], grads[name]) for name in imitators}
+
+  def body(carry, first):
+    cursors, teachers, states, losses, grads = carry
+    cursors, teachers, xya = teach(cursors, teachers, first)
+    for name, im in imitators.items():
+      (l, states[name]), g = _later_window(im, metas[name], states[name], *xya)
+      losses[name] = losses[name] + l
+      grads[name] = jax.tree.map(jnp.add, grads[name], g)
+    return (cursors, teachers, states, losses, grads), None
+
+  (_, _, _, losses, grads), _ = jax.lax.scan(
+      body, (cursors, teachers, states, losses, grads), jnp.arange(1, count) * window)
+  return {name: (losses[name] / count, jax.tree.map(lambda g: g / count, grads[name]))
+          for name in imitators}

@@ -122,12 +122,18 @@ class Experiment:
       key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(ts.key),
                                                   ts.step), ts.rollbacks)
       k_ep, k_im = jax.random.split(key)
-      ep = episodes.sample(setting, self.data, k_ep, n, sharding=sharding)
       im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
-      losses, grads = {}, {}
-      for name, im in self.imitators.items():
-        losses[name], grads[name] = objective.loss_and_grads(
-            im, ts.meta[name], im_keys, ep.x, ep.y, ep.behaviour, window)
+      if window < horizon:  # truncated: the teachers' data is made window by window too
+        place = lambda a: jax.lax.with_sharding_constraint(a, sharding)
+        out = objective.streamed_loss_and_grads(self.imitators, ts.meta, setting,
+                                                self.data, k_ep, im_keys, n, window, place)
+      else:
+        ep = episodes.sample(setting, self.data, k_ep, n, sharding=sharding)
+        out = {name: objective.loss_and_grads(im, ts.meta[name], im_keys, ep.x, ep.y,
+                                              ep.behaviour, window)
+               for name, im in self.imitators.items()}
+      losses = {name: loss for name, (loss, _) in out.items()}
+      grads = {name: g for name, (_, g) in out.items()}
       # Each imitator has its own optimizer and guard: a non-finite loss or gradient
       # leaves that imitator's meta-params and optimizer state as they were.
       meta, opt_state, values, oks, bad = {}, {}, {}, [], {}

@@ -15,8 +15,15 @@ Sections:
   and regularizer) out in one jitted call.
 - `outer_step`: imitated teacher-steps/s of one jitted outer step, per imitator kind.
 - `horizon_scaling`: seconds per outer step and XLA's peak memory against the horizon,
-  for full backpropagation, remat, and truncated windows; `episode_mb` is the part that
-  is the episode's own data (streams, behaviour), which grows with any window.
+  for full backpropagation, remat, and truncated windows; `episode_mb` is the episode
+  data (streams, behaviour) held at once: the horizon's, or with truncation one
+  window's.
+- `eval_horizon`: evaluation at 16, 128 and 1024 x T_train on the main job's setting
+  (128 held-out teachers; the gradient imitator, both baselines, `untrained` and the
+  reference learners, at their initial meta-params): the streaming co-rollout
+  (`imitator.co_rollout`) timed, and beside it the materialized battery (teachers rolled
+  out over the whole horizon, then the imitators), timed at 16 x and compiled only
+  beyond, for its memory.
 FLOPs are counted analytically (`rollout_flops`); memory is the compiled step's buffer
 assignment (arguments + outputs + temporaries - donated aliases), XLA's own account of
 what the step needs at its peak.
@@ -32,13 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from imitator import episodes, train
+from imitator import co_rollout, episodes, evaluate, references, train
 from learners import family as family_lib
 from learners import rollout, streams
 from launch import cli, torch_peers
 from launch.configs import default, in_context, system_id
 
-_SECTIONS = flags.DEFINE_list("sections", ["rollout", "outer_step", "horizon_scaling"],
+_SECTIONS = flags.DEFINE_list("sections", ["rollout", "outer_step", "horizon_scaling",
+                                           "eval_horizon"],
                               "Which sections to run.")
 _OUT = flags.DEFINE_string("out", None, "Also append the rows to this .jsonl file.")
 _LOOP_BUDGET = flags.DEFINE_float("torch_loop_budget", 3.0,
@@ -48,6 +56,7 @@ _QUICK = flags.DEFINE_boolean("quick", False, "Tiny sizes (a smoke test of the s
 HORIZON = 1000
 POPULATIONS, WIDTHS, BATCHES = (1, 64, 256), (16, 64, 256), (1, 32)
 SCALING_HORIZONS = (64, 256, 1024, 4096)
+EVAL_MULTIPLES = (16, 128, 1024)
 
 
 def _time(fn, *args, repeats=3):
@@ -144,9 +153,7 @@ def _step_cost(config):
   step = exp.train_step_fn(config.stream.horizon)
   ts = exp.place(exp.init_state())
   compiled = step.lower(ts).compile()
-  m = compiled.memory_analysis()
-  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes) / 2**20
+  peak = _peak_mb(compiled)
   ts = compiled(ts)  # a first step, untimed
   jax.block_until_ready(ts)
   n = 3
@@ -179,10 +186,12 @@ def outer_step_rows(quick: bool):
 
 
 def _episode_mb(config) -> float:
-  """Size of one step's episode arrays (streams, behaviour, teacher losses): data that
-  grows with the horizon whatever the objective's window."""
+  """Size of the episode arrays (streams, behaviour, teacher losses) one step holds at a
+  time: the whole horizon's, or with truncation one window's (the teachers' data is
+  made window by window, `objective.streamed_loss_and_grads`)."""
   exp = train.Experiment(config)
-  ep = jax.eval_shape(lambda k: episodes.sample(exp.setting, exp.data, k,
+  setting = exp.setting.with_horizon(config.train.truncation or exp.setting.t)
+  ep = jax.eval_shape(lambda k: episodes.sample(setting, exp.data, k,
                                                 config.train.teachers), jax.random.key(0))
   return sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(ep)) / 2**20
 
@@ -207,12 +216,69 @@ def horizon_scaling_rows(quick: bool):
                "episode_mb": _episode_mb(config)}
 
 
+def _peak_mb(compiled) -> float:
+  """XLA's buffer assignment of a compiled call: arguments + outputs + temporaries -
+  donated aliases, in MB."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes) / 2**20
+
+
+def eval_horizon_rows(quick: bool):
+  config = default.get_config()
+  if quick:
+    default.shrink_to_smoke(config)
+  exp = train.Experiment(config)
+  imitators, metas = evaluate.with_untrained(exp, exp.init_state().meta)
+  n, t = config.eval.teachers, exp.setting.t
+  keys = jax.random.split(jax.random.key(0), n)
+  key = evaluate.held_out_key(config)
+  runs = sorted(imitators) + ["known_hparams", "twin"]
+
+  def materialized(k, m, horizon):
+    ep = episodes.sample(exp.setting.with_horizon(horizon), exp.data, k, n, chance=True)
+    out = {name: evaluate.imitate(im, m[name], keys, ep.x, ep.y, ep.behaviour, t)[0]
+           for name, im in imitators.items()}
+    return out, references.behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x,
+                                      ep.y)
+
+  for multiple in (2, 4, 8) if quick else EVAL_MULTIPLES:
+    horizon = multiple * t
+    common = {"name": "eval_horizon", "imitator": "gradient", "runs": runs,
+              "multiple": multiple, "horizon": horizon, "teachers": n}
+    # Streamed: the first call compiles; the second is timed. Its memory is the device's
+    # peak over one jitted call (the block means of earlier calls are on the host).
+    args = (exp.setting, exp.data, imitators, metas, key, n, horizon, t, t // 4, keys)
+    start = time.perf_counter()
+    co_rollout.co_rollout(*args)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    sums = co_rollout.co_rollout(*args)
+    seconds = time.perf_counter() - start
+    yield {**common, "mode": "streamed", "seconds": seconds, "compile_s": first - seconds,
+           "peak_memory_mb": co_rollout.call_memory_mb(*args),
+           "host_results_mb": sum(a.nbytes for a in jax.tree.leaves(sums)) / 2**20}
+    # Materialized, for contrast: compiled at every horizon for its memory, timed at 16x.
+    fn = jax.jit(lambda k, m, h=horizon: materialized(k, m, h))
+    start = time.perf_counter()
+    compiled = fn.lower(key, metas).compile()
+    compile_s = time.perf_counter() - start
+    seconds = None
+    if multiple == min(EVAL_MULTIPLES) or quick:
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(key, metas))
+      seconds = time.perf_counter() - start
+    yield {**common, "mode": "materialized", "seconds": seconds, "compile_s": compile_s,
+           "peak_memory_mb": _peak_mb(compiled)}
+
+
 def main(argv):
   del argv
   sections = {"rollout": lambda: [*rollout_rows(_QUICK.value, _LOOP_BUDGET.value),
                                   mixed_rollout_row(_QUICK.value)],
               "outer_step": lambda: outer_step_rows(_QUICK.value),
-              "horizon_scaling": lambda: horizon_scaling_rows(_QUICK.value)}
+              "horizon_scaling": lambda: horizon_scaling_rows(_QUICK.value),
+              "eval_horizon": lambda: eval_horizon_rows(_QUICK.value)}
   unknown = sorted(set(_SECTIONS.value) - set(sections))
   if unknown:
     raise ValueError(f"--sections: unknown {unknown}; allowed: {sorted(sections)}.")

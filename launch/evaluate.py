@@ -3,12 +3,16 @@
     python -m launch.evaluate --workdir=runs/default
     python -m launch.evaluate --workdir=DIR --shifts=none,covariate_scale --stream_npz=FILE
     python -m launch.evaluate --workdir=DIR --shifts=none --sweep=covariate_scale:0.5,2,8 --sweep=drift
+    python -m launch.evaluate --workdir=DIR --shifts=none --noforgetting --horizons=1,4,16,64,256,1024
 
 Writes workdir/eval/report.json (rows merged into the training report), report.md and
 the plots nie.png, forgetting.png and sweep_<shift>.png. Shifts: none and the names of
 learners.shifts (optionally NAME:strength); --stream_npz adds the user's stream as shift
 `npz`; each --sweep evaluates a shift at several strengths (its defaults when only the
-name is given: imitator.evaluate.DEFAULT_SWEEPS).
+name is given: imitator.evaluate.DEFAULT_SWEEPS). --horizons lists the horizons of the
+rows as multiples of T_train (default 1,2,4,8,16); beyond 16 x T_train teachers,
+streams and imitators run together chunk by chunk (imitator.co_rollout), in memory that
+does not grow with the horizon.
 
 The workdir is locked while evaluating (exit 2 naming the holder's pid if a training or
 another evaluation is using it). A damaged report.json is refused before anything is
@@ -36,6 +40,9 @@ _STREAM_NPZ = flags.DEFINE_string("stream_npz", None, "Also evaluate on this str
 _TEACHERS = flags.DEFINE_integer("teachers", None,
                                  "Held-out teachers per shift (default: config.eval).")
 _FORGETTING = flags.DEFINE_boolean("forgetting", True, "Run the forgetting experiment.")
+_HORIZONS = flags.DEFINE_list(
+    "horizons", [str(m) for m in evaluate.HORIZON_MULTIPLES],
+    "Horizons of the rows, as multiples of T_train (integers >= 1).")
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "SHIFT or SHIFT:s1,s2,...: evaluate at every strength (repeatable; "
     f"default strengths per shift: {', '.join(evaluate.DEFAULT_SWEEPS)}).")
@@ -53,6 +60,7 @@ def main(argv):
   for text in _SWEEP.value:
     shift, strengths = evaluate.parse_sweep(text)
     sweeps[shift] = tuple(sorted(set(sweeps.get(shift, ())) | set(strengths)))
+  multiples = parse_horizons(_HORIZONS.value)
   if _STREAM_NPZ.value:
     if not os.path.exists(_STREAM_NPZ.value):
       raise ValueError(f"--stream_npz={_STREAM_NPZ.value!r} does not exist.")
@@ -69,7 +77,7 @@ def main(argv):
   try:
     with checkpoint.interruptible():
       with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
-        _evaluate(config, names, sweeps)
+        _evaluate(config, names, sweeps, multiples)
   except checkpoint.Interrupted as e:
     report = workdir_lib.report_path(os.path.abspath(_WORKDIR.value))
     if e.phase == "plots" or e.completed:
@@ -93,7 +101,19 @@ def _check_stream_npz(config, path):
     raise ValueError(f"--stream_npz: {e}") from None
 
 
-def _evaluate(config, names, sweeps):
+def parse_horizons(values) -> tuple:
+  """--horizons as sorted distinct multiples of T_train; ValueError naming the flag."""
+  try:
+    multiples = [int(v) for v in values if v.strip()]
+  except ValueError:
+    multiples = []
+  if not multiples or min(multiples) < 1:
+    raise ValueError(f"--horizons={','.join(values)!r}: allowed are integers >= 1 (multiples "
+                     "of T_train), comma-separated, e.g. 1,4,16,64,256,1024.")
+  return tuple(sorted(set(multiples)))
+
+
+def _evaluate(config, names, sweeps, multiples):
   workdir_lib.read_report(_WORKDIR.value)  # a damaged report.json: refused before computing
   if _TEACHERS.value:
     config.eval.teachers = _TEACHERS.value
@@ -103,7 +123,7 @@ def _evaluate(config, names, sweeps):
   exp = train.Experiment(config)
   evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
                     with_forgetting=_FORGETTING.value, log=lambda m: logging.info(m),
-                    sweeps=sweeps)
+                    sweeps=sweeps, multiples=multiples)
   eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
   with open(os.path.join(eval_dir, "report.md")) as f:
     print(f.read())

@@ -188,9 +188,17 @@ def npz_stream(spec: streams.StreamSpec, key: jax.Array, data: NpzData) -> strea
   """The file's first horizon * batch examples as a [T, B, ...] stream (key unused)."""
   del key
   check(spec, data)
-  T, B = spec.horizon, spec.batch
-  take = lambda a: a[:T * B].reshape((T, B) + a.shape[1:])
-  return streams.Stream(x=take(data.x), y=take(data.y), task_id=data.task_id[:T * B:B])
+  return npz_steps(spec, data, 0, spec.horizon)
+
+
+def npz_steps(spec: streams.StreamSpec, data: NpzData, first, length: int) -> streams.Stream:
+  """Steps first .. first + length - 1 of `npz_stream` (`first` may be traced; the
+  caller keeps first + length <= horizon)."""
+  check(spec, data)
+  B = spec.batch
+  take = lambda a: jax.lax.dynamic_slice_in_dim(a, first * B, length * B).reshape(
+      (length, B) + a.shape[1:])
+  return streams.Stream(x=take(data.x), y=take(data.y), task_id=take(data.task_id)[:, 0])
 
 
 def save_stream(path: str, stream: streams.Stream, n_classes: int | None = None) -> None:

@@ -14,7 +14,7 @@ examples drawn uniformly with replacement. Tasks switch every `task_switch_every
 - `label_permuted`: a fixed random permutation of the labels (y' = perm_k[y]); task 0
   is the identity.
 
-Task k's randomness comes from `fold_in(key, k)`. The covariate and label fields of the
+Task k's randomness comes from `fold_in(key, k)`, step t's from `fold_in(key, t)`. The covariate and label fields of the
 spec act as on synthetic streams, after the protocol: flattened features are scaled by
 `streams.input_std` (input_scale and skew), and a fraction label_noise of labels is
 replaced by uniform random classes.
@@ -63,50 +63,62 @@ def check(spec: streams.StreamSpec, data: datasets.LabelledData) -> None:
 def protocol_stream(spec: streams.StreamSpec, key: jax.Array,
                     data: datasets.LabelledData) -> streams.Stream:
   """A stream of spec.horizon steps of spec.batch examples; jittable with `spec` static."""
+  return protocol_steps(spec, key, data, 0, spec.horizon)
+
+
+def protocol_steps(spec: streams.StreamSpec, key: jax.Array, data: datasets.LabelledData,
+                   first, length: int) -> streams.Stream:
+  """Steps first .. first + length - 1 of `protocol_stream(spec, key, data)` (`first`
+  may be traced): step t draws from fold_in(k, t) of each of its keys, so any run of
+  steps can be generated alone."""
   check(spec, data)
   k_sample, k_task, k_flip, k_rand = jax.random.split(key, 4)
-  T, B, C = spec.horizon, spec.batch, data.n_classes
+  T, B, C = length, spec.batch, data.n_classes
+  steps = first + jnp.arange(T, dtype=jnp.int32)
+  per_step = lambda k, draw: jax.vmap(lambda t: draw(jax.random.fold_in(k, t)))(steps)
   every = spec.task_switch_every
-  task_id = jnp.arange(T, dtype=jnp.int32) // every if every else jnp.zeros(T, jnp.int32)
-  n_tasks = math.ceil(T / every) if every else 1
-  task_keys = jax.vmap(lambda k: jax.random.fold_in(k_task, k))(jnp.arange(n_tasks))
+  task_id = steps // every if every else jnp.zeros(T, jnp.int32)
+  task_keys = jax.vmap(lambda k: jax.random.fold_in(k_task, k))(task_id)
 
   if spec.protocol == "split":
-    index = _split_index(spec, k_sample, data, task_id)
+    index = _split_index(spec, k_sample, steps, data, task_id)
   else:
-    index = jax.random.randint(k_sample, (T, B), 0, data.x.shape[0])
+    index = per_step(k_sample, lambda k: jax.random.randint(k, (B,), 0, data.x.shape[0]))
   x, y = data.x[index], data.y[index]
 
   feature_shape = data.x.shape[1:]
   dim = math.prod(feature_shape)
+  first_task = (task_id == 0)[:, None]
   if spec.protocol == "permuted":
     perms = jax.vmap(lambda k: jax.random.permutation(k, dim))(task_keys)
-    perms = perms.at[0].set(jnp.arange(dim))
-    x = jnp.take_along_axis(x.reshape(T, B, dim), perms[task_id][:, None, :], axis=-1)
+    perms = jnp.where(first_task, jnp.arange(dim), perms)
+    x = jnp.take_along_axis(x.reshape(T, B, dim), perms[:, None, :], axis=-1)
   elif spec.protocol == "rotated":
     angles = jnp.deg2rad(spec.rotation_degrees) * task_id
     x = jax.vmap(lambda imgs, a: jax.vmap(lambda im: rotate(im, a))(imgs))(x, angles)
   elif spec.protocol == "label_permuted":
     perms = jax.vmap(lambda k: jax.random.permutation(k, C))(task_keys)
-    perms = perms.at[0].set(jnp.arange(C))
-    y = perms[task_id[:, None], y]
+    perms = jnp.where(first_task, jnp.arange(C), perms)
+    y = jnp.take_along_axis(perms, y, axis=-1)
 
   x = x.reshape(T, B, dim) * streams.input_std(spec.replace(dim=dim))
-  flip = jax.random.uniform(k_flip, (T, B)) < spec.label_noise
-  y = jnp.where(flip, jax.random.randint(k_rand, (T, B), 0, C), y)
+  flip = per_step(k_flip, lambda k: jax.random.uniform(k, (B,))) < spec.label_noise
+  y = jnp.where(flip, per_step(k_rand, lambda k: jax.random.randint(k, (B,), 0, C)), y)
   return streams.Stream(x=x.reshape((T, B) + feature_shape), y=y.astype(jnp.int32),
                         task_id=task_id)
 
 
-def _split_index(spec, key, data, task_id):
-  """Example indices [T, B], uniform over the examples of each step's allowed classes."""
+def _split_index(spec, key, steps, data, task_id):
+  """Example indices [T, B], uniform over the examples of each step's allowed classes;
+  step t draws from fold_in(key, t)."""
   C, c = data.n_classes, spec.classes_per_task
   order = jnp.argsort(data.y, stable=True)  # examples grouped by class
   counts = jnp.bincount(data.y, length=C)
   starts = jnp.cumsum(counts) - counts
   classes = (task_id[:, None] * c + jnp.arange(c)) % C  # [T, c]
   ends = jnp.cumsum(counts[classes], axis=-1)  # [T, c]: allowed examples laid end to end
-  u = jax.random.randint(key, (spec.horizon, spec.batch), 0, ends[:, -1:])
+  u = jax.vmap(lambda t, end: jax.random.randint(jax.random.fold_in(key, t),
+                                                 (spec.batch,), 0, end))(steps, ends[:, -1])
   slot = (u[..., None] >= ends[:, None, :]).sum(-1)  # which allowed class u falls in
   cls = jnp.take_along_axis(classes, slot, axis=-1)
   offset = u - (jnp.take_along_axis(ends, slot, axis=-1) - counts[cls])

@@ -52,6 +52,14 @@ class Stream(NamedTuple):
     return self.x.shape[1]
 
 
+class Cursor(NamedTuple):
+  """Where a stream stands between two runs of steps: its key, and for synthetic kinds
+  the labellers in force (they switch and drift)."""
+
+  key: jax.Array
+  labellers: Any = ()
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
   """Static description of a stream; see `launch/configs/default.py` for field docs."""
@@ -223,19 +231,34 @@ def synthetic_stream(spec: StreamSpec, key: jax.Array,
   Between switches each labeller's weights follow the AR(1) drift
   w <- sqrt(1 - drift^2) w + drift * eps, which keeps their N(0, 1) marginals; under
   `ab_then_a` both labellers drift at every step, whichever one labels it.
+
+  Step t draws from fold_in(step_key, t) (split(step_key, horizon)[t] under JAX's
+  default partitionable threefry), so any run of steps can be generated alone
+  (`advance`).
   """
-  _check_data(spec, data)
+  return _synthetic_advance(spec, _synthetic_start(spec, key), data, 0, spec.horizon)[1]
+
+
+def _synthetic_start(spec: StreamSpec, key: jax.Array) -> Cursor:
   init_key, step_key = jax.random.split(key)
-  keys = jax.random.split(step_key, spec.horizon)
-  steps = jnp.arange(spec.horizon)
+  if spec.schedule == "ab_then_a":
+    labellers = tuple(_labeller_init(spec, k) for k in _ab_keys(init_key))
+  else:
+    labellers = (_labeller_init(spec, init_key),)
+  return Cursor(step_key, labellers)
+
+
+def _synthetic_advance(spec: StreamSpec, cursor: Cursor, data: RealInputs | None,
+                       first, length: int) -> tuple[Cursor, Stream]:
+  _check_data(spec, data)
+  steps = first + jnp.arange(length)
+  keys = jax.vmap(lambda t: jax.random.fold_in(cursor.key, t))(steps)
   every = spec.task_switch_every
   ab = spec.schedule == "ab_then_a"
   if ab:
     task_id = jnp.where(steps < spec.horizon // 2, steps % 2, 0)
-    labellers = tuple(_labeller_init(spec, k) for k in _ab_keys(init_key))
   else:
     task_id = steps // every if every else jnp.zeros_like(steps)
-    labellers = (_labeller_init(spec, init_key),)
 
   def step(labellers, inputs):
     t, task, k = inputs
@@ -264,8 +287,9 @@ def synthetic_stream(spec: StreamSpec, key: jax.Array,
       y = y + spec.noise * jax.random.normal(k_noise, out.shape)
     return labellers, (x, y)
 
-  _, (x, y) = jax.lax.scan(step, labellers, (steps, task_id, keys))
-  return Stream(x=x, y=y, task_id=task_id.astype(jnp.int32))
+  labellers, (x, y) = jax.lax.scan(step, cursor.labellers, (steps, task_id, keys))
+  return cursor._replace(labellers=labellers), Stream(x=x, y=y,
+                                                      task_id=task_id.astype(jnp.int32))
 
 
 def forgetting_probes(spec: StreamSpec, key: jax.Array, n: int,
@@ -346,13 +370,29 @@ def _check_data(spec: StreamSpec, data: Any) -> None:
 
 def make_stream(spec: StreamSpec, key: jax.Array, data: Any = None) -> Stream:
   """Builds the stream `spec` describes; `data` is what `load_data(spec)` returned."""
+  return advance(spec, start(spec, key, data), data, 0, spec.horizon)[1]
+
+
+def start(spec: StreamSpec, key: jax.Array, data: Any = None) -> Cursor:
+  """The cursor before step 0 of the stream `make_stream(spec, key, data)`."""
+  del data
   if spec.kind in SYNTHETIC_KINDS:
-    return synthetic_stream(spec, key, data)
+    return _synthetic_start(spec, key)
+  return Cursor(key)
+
+
+def advance(spec: StreamSpec, cursor: Cursor, data: Any, first,
+            length: int) -> tuple[Cursor, Stream]:
+  """Steps first .. first + length - 1 of the stream (`first` may be traced, `length`
+  is static), and the cursor after them: generating a stream in consecutive runs gives
+  `make_stream`'s arrays, with memory for one run. Jittable with `spec` static."""
+  if spec.kind in SYNTHETIC_KINDS:
+    return _synthetic_advance(spec, cursor, data, first, length)
   if spec.kind == "dataset":
     from learners import protocols
-    return protocols.protocol_stream(spec, key, data)
+    return cursor, protocols.protocol_steps(spec, cursor.key, data, first, length)
   from learners import npz
-  return npz.npz_stream(spec, key, data)
+  return cursor, npz.npz_steps(spec, data, first, length)
 
 
 def load_data(spec: StreamSpec) -> Any:

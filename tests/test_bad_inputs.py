@@ -141,6 +141,8 @@ def test_evaluate_refuses_a_stream_npz_that_does_not_fit(tmp_path, arrays, words
 @pytest.mark.parametrize("flags,words", [
     (["--shifts=,"], ["--shifts=','", "allowed"]),
     (["--shifts=none"], ["no checkpoint", "launch.train"]),
+    (["--shifts=none", "--horizons=1,0"], ["--horizons='1,0'", "integers >= 1"]),
+    (["--shifts=none", "--horizons=1,x4"], ["--horizons='1,x4'", "1,4,16,64,256,1024"]),
 ])
 def test_evaluate_refuses_bad_flags_and_writes_nothing(tmp_path, flags, words):
   workdir = _run_dir(tmp_path)

@@ -127,6 +127,33 @@ def test_new_shifts_do_what_their_docs_say():
 
 
 @pytest.mark.slow
+def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
+  """Multiples past evaluate.STREAMED_ABOVE run through the co-rollout: its rows at 1x
+  and 2x T_train equal the materialized battery's, and it reaches 32x."""
+  workdir, config = run
+  exp = train.Experiment(config)
+  meta = evaluate.restore_meta(exp, workdir)
+  t = config.stream.horizon
+  rows = {}
+  for multiples in ((1, 2), (1, 2, 32)):
+    battery = evaluate.run_battery(exp, meta, ["none"], log=lambda m: None,
+                                   multiples=multiples)
+    rows[multiples] = {(r["imitator"], r["horizon"]): r for r in battery["results"]}
+  streamed, materialized = rows[(1, 2, 32)], rows[(1, 2)]
+  assert {h for _, h in streamed} == {t, 2 * t, 32 * t}
+  for key, want in materialized.items():
+    got = streamed[key]
+    for field in ("nie", "nie_median", "task_gap"):
+      assert got[field] == pytest.approx(want[field], rel=1e-4, abs=1e-6), (key, field)
+    assert got["n_teachers"] == want["n_teachers"]
+  for name in ("gradient", "frozen", "context_only", "untrained", "known_hparams", "twin"):
+    r = streamed[(name, 32 * t)]
+    assert np.isfinite(r["nie"]) and r["nie_ci"][0] <= r["nie"] <= r["nie_ci"][1]
+    step = r["identification_step"]["step"]
+    assert step is None or step % (t // 4) == 0  # block ends: T_train / 4 steps
+
+
+@pytest.mark.slow
 def test_inspect_checkpoint_prints_and_exports(run, tmp_path):
   workdir, config = run
   export = str(tmp_path / "meta.npz")

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import episodes, evaluate, report, train
+from imitator import episodes, evaluate, references, report, train
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,7 @@ def linear():
   config.stream.horizon = 6
   setting, data = episodes.setting_from_config(config)
   ep = episodes.sample(setting, data, jax.random.key(3), 3)
-  refs = evaluate.reference_behaviours(setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
+  refs = references.behaviours(setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
   return setting, ep, {k: np.asarray(v) for k, v in refs.items()}
 
 
@@ -45,7 +45,7 @@ def test_twin_shares_weights_but_not_draws_with_replay_and_shrink_perturb():
   config.teacher.shrink = 1e-3
   setting, data = episodes.setting_from_config(config)
   ep = episodes.sample(setting, data, jax.random.key(3), 2)
-  twin = np.asarray(evaluate.reference_behaviours(
+  twin = np.asarray(references.behaviours(
       setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)["twin"])
   a = np.asarray(ep.behaviour)
   np.testing.assert_allclose(twin[:, 0], a[:, 0], rtol=1e-6)  # same initial weights
