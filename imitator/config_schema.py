@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = {
         "gradient": {**_NET, "step_size": _choice(("per_parameter", "per_layer")),
                      "inner_steps": _int(1), "init_lr": _float(0, open_low=True),
                      "init_track": _float(0, 1, open_low=True), "adapt_steps": _BOOL,
+                     "adapt_settle_after": _int(0, optional=True),
                      "init_hyper_step": _float(), "update_net": _BOOL,
                      "update_net_width": _int(1), "tracker": _choice(gradient.TRACKERS)},
         "in_context": {"arch": _choice(("transformer", "linear_transformer", "recurrent")),

@@ -25,7 +25,10 @@ With `adapt_steps`, each layer's task step also carries a fast offset that infer
 teacher's step size: the tracking error at step t is differentiated with respect to
 log eta through the previous task update d (d theta / d log eta = d), and the offset
 moves by -hyper_step * cos(grad L_track, d), a normalized hypergradient step whose size
-`hyper_step` is meta-learned. With eta_task = lr, wd = the teacher's, no tracking and the
+`hyper_step` is meta-learned. From step `adapt_settle_after` on (if set; the training
+horizon is the natural choice) that step shrinks as 1/t: a teacher's step size is constant, and an estimate
+moved by steps that do not shrink random-walks far from it over horizons far beyond
+training (BUILD_NOTES, "A thousand times the training horizon"). With eta_task = lr, wd = the teacher's, no tracking and the
 teacher's initial weights it is exactly an SGD teacher, step for step.
 
 The baselines are two settings of the same machinery: `frozen` tracks the teacher's
@@ -75,6 +78,10 @@ class GradientImitator(Imitator):
   uses_y: bool = True
   freeze_after: int = 0  # 0: never freeze
   adapt_steps: bool = False
+  # Steps after which the offset's hypergradient step decays as adapt_settle_after / t
+  # (Robbins-Monro: a teacher's step size is constant, so its estimate should settle
+  # rather than random-walk over long horizons); 0: it never decays.
+  adapt_settle_after: int = 0
   init_hyper_step: float = 0.1
   update_net: bool = False
   update_net_width: int = 16
@@ -221,8 +228,11 @@ class GradientImitator(Imitator):
     if self.adapt_steps:
       # Bounded: each step moves the offset by up to beta, so over horizons far beyond
       # training an unbounded offset drifts until exp() overflows.
+      settle = 1.0
+      if self.adapt_settle_after:
+        settle = jnp.minimum(1.0, self.adapt_settle_after / (state["step"] + 1.0))
       offset = jax.tree.map(
-          lambda o, beta, g, d: jnp.clip(o - beta * jnp.sum(g * d) / (
+          lambda o, beta, g, d: jnp.clip(o - settle * beta * jnp.sum(g * d) / (
               jnp.sqrt(jnp.sum(g * g) + 1e-12) * jnp.sqrt(jnp.sum(d * d) + 1e-12)),
               -MAX_LOG_STEP_OFFSET, MAX_LOG_STEP_OFFSET),
           state["log_step_offset"], meta["hyper_step"], g_track,

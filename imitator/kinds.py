@@ -43,6 +43,8 @@ def build(config, setting: Setting) -> dict:
     main = GradientImitator(**common, **_network(setting, g), step_size=g.step_size,
                             inner_steps=g.inner_steps, init_lr=g.init_lr,
                             init_track=g.init_track, adapt_steps=g.adapt_steps,
+                            adapt_settle_after=(setting.t if g.adapt_settle_after is None
+                                                else g.adapt_settle_after),
                             init_hyper_step=g.init_hyper_step, update_net=g.update_net,
                             update_net_width=g.update_net_width, tracker=g.tracker)
   elif kind == "in_context":

@@ -194,7 +194,7 @@ def test_co_rollout_equals_the_materialized_rollout_dataset_stream(protocol):
 def test_co_rollout_equals_the_materialized_rollout_npz_stream(tmp_path):
   path = str(tmp_path / "s.npz")
   npz.save_stream(path, streams.make_stream(
-      streams.StreamSpec(kind="linear_regression", dim=8, horizon=32, task_switch_every=8),
+      streams.StreamSpec(kind="linear_regression", dim=8, horizon=64, task_switch_every=8),
       jax.random.key(3)))
   config = default.get_config("smoke")
   config.stream.kind = "npz"

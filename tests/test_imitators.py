@@ -2,6 +2,7 @@
 
 import inspect
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +64,33 @@ def test_gradient_imitator_is_an_sgd_teacher_when_set_to_it(name, task, update_n
     meta["update_net"]["out"]["bias"] = meta["update_net"]["out"]["bias"] + 1e-3
     _, moved = jax.jit(im.unroll)(meta, state, stream.x, stream.y, traj.behaviour)
     assert float(jnp.abs(moved - a_hat).max()) > 1e-4
+
+
+def test_settling_step_is_the_hypergradient_step_scaled_by_after_over_t():
+  """With adapt_settle_after = K, the step from a state at step t is the unsettled
+  imitator's step with hyper_step x min(1, K / (t + 1)), from the same state."""
+  fam, hp, key, stream, traj = _teacher("sgd_mlp")
+  kind = fam.networks[0]
+  make = lambda after: GradientImitator(
+      task="regression", x_shape=fam.x_shape, out_dim=1, network=kind, width=fam.width,
+      depth=fam.depth, activation=fam.activations[0], adapt_steps=True,
+      adapt_settle_after=after)
+  settled, plain = make(3), make(0)
+  meta = settled.init_meta(jax.random.key(0))
+  meta["hyper_step"] = jax.tree.map(lambda b: b + 0.3, meta["hyper_step"])
+  state = settled.init(meta, jax.random.key(1))
+  moved = []
+  for t in range(8):
+    x, y, a = stream.x[t], stream.y[t], traj.behaviour[t]
+    new = settled.observe(meta, state, x, y, a)
+    scaled = dict(meta, hyper_step=jax.tree.map(lambda b: b * min(1.0, 3 / (t + 1)),
+                                                meta["hyper_step"]))
+    want = plain.observe(scaled, state, x, y, a)
+    chex.assert_trees_all_close(new, want, rtol=1e-6, atol=1e-7)
+    moved.append(float(jnp.abs(new["log_step_offset"]["dense_0"]["w"]
+                               - state["log_step_offset"]["dense_0"]["w"])))
+    state = new
+  assert min(moved[1:]) > 0  # the offset really moves at every step
 
 
 def test_system_id_given_true_hparams_and_init_is_the_teacher():

@@ -35,7 +35,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       width=config_dict.placeholder(int), depth=config_dict.placeholder(int),
       activation=config_dict.placeholder(str),
       step_size="per_parameter", inner_steps=1, init_lr=0.05, init_track=0.5,
-      adapt_steps=True, init_hyper_step=0.1, update_net=False, update_net_width=16,
+      adapt_steps=True, init_hyper_step=0.1,
+      # steps after which the inferred step size settles (1/t); 0: never, None: the
+      # training horizon (far better beyond 16 x T_train: BUILD_NOTES)
+      adapt_settle_after=0,
+      update_net=False, update_net_width=16,
       tracker="affine")  # or "kalman": a carried weight covariance (per output unit)
   config.imitator.in_context = dict(
       arch="transformer", d_model=64, n_heads=4, n_layers=2, mlp_ratio=2,
