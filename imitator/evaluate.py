@@ -30,7 +30,7 @@ from imitator import references
 from imitator.references import KNOWN_HPARAMS, TWIN
 from imitator import workdir as workdir_lib
 from learners import family as family_lib
-from learners import rollout, shifts, streams
+from learners import npz, rollout, shifts, streams
 
 ORACLE = "oracle"
 UNTRAINED = "untrained"
@@ -387,7 +387,6 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
     cfg = copy.deepcopy(exp.config)
     cfg.stream.kind = "npz"
     cfg.stream.npz_path = stream_npz
-    from learners import npz
     n = npz.load(stream_npz).x.shape[0] // cfg.stream.batch
     cfg.stream.horizon = max(n, 1)
   else:

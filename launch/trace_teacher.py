@@ -17,7 +17,7 @@ import numpy as np
 from absl import flags
 
 from imitator import episodes
-from learners import learner, rollout, streams
+from learners import learner, npz, rollout, streams
 from launch import cli
 
 
@@ -35,7 +35,6 @@ FORMAT_VERSION = 1
 def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
   """The dump's arrays for one teacher (see README, "Teacher dump")."""
   if stream_npz:
-    from learners import npz
     data = npz.load(stream_npz)
     with config.unlocked():
       config.stream.kind = "npz"

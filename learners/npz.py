@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learners import streams
+from learners.stream_base import Cursor, Stream, StreamSpec
 
 
 # Beyond this scale the teachers' squared errors and updates overflow float32 within a
@@ -145,7 +145,7 @@ def _flatten_dump(arrays, fail):
           np.repeat(task_id, B))
 
 
-def signature(spec: streams.StreamSpec, data: NpzData):
+def signature(spec: StreamSpec, data: NpzData):
   """(task, x_shape, out_dim): out_dim is n_classes or the target width k."""
   del spec
   out = data.n_classes if data.task == "classification" else data.y.shape[1]
@@ -174,7 +174,7 @@ def check_fits(data: NpzData, task: str, x_shape: tuple, out_dim: int,
                      f"{examples} (the training horizon times stream.batch).")
 
 
-def check(spec: streams.StreamSpec, data: NpzData) -> None:
+def check(spec: StreamSpec, data: NpzData) -> None:
   """The file must hold horizon * batch examples; shapes are static, so fine under jit."""
   n = data.x.shape[0]
   if n < spec.horizon * spec.batch:
@@ -184,24 +184,41 @@ def check(spec: streams.StreamSpec, data: NpzData) -> None:
         f"lower stream.horizon or stream.batch.")
 
 
-def npz_stream(spec: streams.StreamSpec, key: jax.Array, data: NpzData) -> streams.Stream:
+def npz_stream(spec: StreamSpec, key: jax.Array, data: NpzData) -> Stream:
   """The file's first horizon * batch examples as a [T, B, ...] stream (key unused)."""
   del key
   check(spec, data)
   return npz_steps(spec, data, 0, spec.horizon)
 
 
-def npz_steps(spec: streams.StreamSpec, data: NpzData, first, length: int) -> streams.Stream:
+def load_data(spec: StreamSpec) -> NpzData:
+  """The file spec.npz_path, on device (`load`)."""
+  return load(spec.npz_path)
+
+
+def start(spec: StreamSpec, key: jax.Array, data=None) -> Cursor:
+  """The cursor of a file stream (consumed in order: nothing to carry)."""
+  del spec, data
+  return Cursor(key)
+
+
+def advance(spec: StreamSpec, cursor: Cursor, data: NpzData, first,
+            length: int) -> tuple[Cursor, Stream]:
+  """Steps first .. first + length - 1 (`streams.advance`)."""
+  return cursor, npz_steps(spec, data, first, length)
+
+
+def npz_steps(spec: StreamSpec, data: NpzData, first, length: int) -> Stream:
   """Steps first .. first + length - 1 of `npz_stream` (`first` may be traced; the
   caller keeps first + length <= horizon)."""
   check(spec, data)
   B = spec.batch
   take = lambda a: jax.lax.dynamic_slice_in_dim(a, first * B, length * B).reshape(
       (length, B) + a.shape[1:])
-  return streams.Stream(x=take(data.x), y=take(data.y), task_id=take(data.task_id)[:, 0])
+  return Stream(x=take(data.x), y=take(data.y), task_id=take(data.task_id)[:, 0])
 
 
-def save_stream(path: str, stream: streams.Stream, n_classes: int | None = None) -> None:
+def save_stream(path: str, stream: Stream, n_classes: int | None = None) -> None:
   """Writes `stream` in the flat format; `n_classes` is stored for classification."""
   T, B = stream.x.shape[:2]
   flat = lambda a: np.asarray(a).reshape((T * B,) + a.shape[2:])

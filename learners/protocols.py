@@ -16,34 +16,39 @@ examples drawn uniformly with replacement. Tasks switch every `task_switch_every
 
 Task k's randomness comes from `fold_in(key, k)`, step t's from `fold_in(key, t)`. The covariate and label fields of the
 spec act as on synthetic streams, after the protocol: flattened features are scaled by
-`streams.input_std` (input_scale and skew), and a fraction label_noise of labels is
+`input_std` (input_scale and skew), and a fraction label_noise of labels is
 replaced by uniform random classes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
-from learners import datasets, streams
+from learners.stream_base import Cursor, Stream, StreamSpec, input_std
+
+if TYPE_CHECKING:
+  from learners import datasets
 
 PROTOCOLS = ("permuted", "split", "rotated", "label_permuted")
 
 
-def load(spec: streams.StreamSpec) -> datasets.LabelledData:
+def load_data(spec: StreamSpec) -> datasets.LabelledData:
   """The dataset `spec` names, on device."""
+  from learners import datasets  # TFDS takes a second to import: only when used
   return datasets.load_labelled(spec.dataset, spec.data_dir, spec.split)
 
 
-def signature(spec: streams.StreamSpec, data: datasets.LabelledData):
+def signature(spec: StreamSpec, data: datasets.LabelledData):
   """(task, x_shape, out_dim) of the stream: classification over the dataset's classes."""
   del spec
   return "classification", tuple(data.x.shape[1:]), data.n_classes
 
 
-def check(spec: streams.StreamSpec, data: datasets.LabelledData) -> None:
+def check(spec: StreamSpec, data: datasets.LabelledData) -> None:
   """Errors for specs this data cannot serve; only static facts, so fine under jit."""
   if spec.protocol not in PROTOCOLS:
     raise ValueError(f"stream.protocol={spec.protocol!r} is not allowed; choose one of "
@@ -60,14 +65,26 @@ def check(spec: streams.StreamSpec, data: datasets.LabelledData) -> None:
                      f"[1, {data.n_classes}] (the classes of {spec.dataset!r}).")
 
 
-def protocol_stream(spec: streams.StreamSpec, key: jax.Array,
-                    data: datasets.LabelledData) -> streams.Stream:
+def protocol_stream(spec: StreamSpec, key: jax.Array,
+                    data: datasets.LabelledData) -> Stream:
   """A stream of spec.horizon steps of spec.batch examples; jittable with `spec` static."""
   return protocol_steps(spec, key, data, 0, spec.horizon)
 
 
-def protocol_steps(spec: streams.StreamSpec, key: jax.Array, data: datasets.LabelledData,
-                   first, length: int) -> streams.Stream:
+def start(spec: StreamSpec, key: jax.Array, data=None) -> Cursor:
+  """The cursor of a protocol stream: its key (every step is drawn from it alone)."""
+  del spec, data
+  return Cursor(key)
+
+
+def advance(spec: StreamSpec, cursor: Cursor, data: datasets.LabelledData, first,
+            length: int) -> tuple[Cursor, Stream]:
+  """Steps first .. first + length - 1 (`streams.advance`); the cursor does not change."""
+  return cursor, protocol_steps(spec, cursor.key, data, first, length)
+
+
+def protocol_steps(spec: StreamSpec, key: jax.Array, data: datasets.LabelledData,
+                   first, length: int) -> Stream:
   """Steps first .. first + length - 1 of `protocol_stream(spec, key, data)` (`first`
   may be traced): step t draws from fold_in(k, t) of each of its keys, so any run of
   steps can be generated alone."""
@@ -101,10 +118,10 @@ def protocol_steps(spec: streams.StreamSpec, key: jax.Array, data: datasets.Labe
     perms = jnp.where(first_task, jnp.arange(C), perms)
     y = jnp.take_along_axis(perms, y, axis=-1)
 
-  x = x.reshape(T, B, dim) * streams.input_std(spec.replace(dim=dim))
+  x = x.reshape(T, B, dim) * input_std(spec.replace(dim=dim))
   flip = per_step(k_flip, lambda k: jax.random.uniform(k, (B,))) < spec.label_noise
   y = jnp.where(flip, per_step(k_rand, lambda k: jax.random.randint(k, (B,), 0, C)), y)
-  return streams.Stream(x=x.reshape((T, B) + feature_shape), y=y.astype(jnp.int32),
+  return Stream(x=x.reshape((T, B) + feature_shape), y=y.astype(jnp.int32),
                         task_id=task_id)
 
 

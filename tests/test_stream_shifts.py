@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from learners import config as config_lib
-from learners import datasets, streams
+from learners import datasets, streams, synthetic
 from learners.streams import StreamSpec
 
 
@@ -201,8 +201,8 @@ def test_ab_then_a_classification_probes_follow_the_documented_keys():
   @jax.jit
   def label_b(x):
     init_key = jax.random.split(jax.random.key(2))[0]
-    b = streams._labeller_init(spec, jax.random.fold_in(init_key, 1))
-    return jnp.argmax(streams._labeller_apply(spec, b, x), -1)
+    b = synthetic._labeller_init(spec, jax.random.fold_in(init_key, 1))
+    return jnp.argmax(synthetic._labeller_apply(spec, b, x), -1)
 
   s = gen(spec, 2)
   x_b, y_b = flat(s, s.task_id == 1)
