@@ -27,17 +27,15 @@ import numpy as np
 
 from imitator import checkpoint, co_rollout, episodes, kinds, metrics, objective, parallel
 from imitator import references
-from imitator.references import KNOWN_HPARAMS, TWIN
+from imitator import report as report_lib
+from imitator.metrics import HORIZON_MULTIPLES
+from imitator.references import (BASELINES, KNOWN_HPARAMS, ORACLE, REFERENCES, TWIN,
+                                 UNTRAINED)
 from imitator import workdir as workdir_lib
 from learners import family as family_lib
 from learners import npz, rollout, shifts, streams
 
-ORACLE = "oracle"
-UNTRAINED = "untrained"
-REFERENCES = (UNTRAINED, KNOWN_HPARAMS, TWIN)
-BASELINES = ("frozen", "context_only")
 VERSUS = BASELINES + (UNTRAINED, KNOWN_HPARAMS)  # what the trained imitator is paired with
-HORIZON_MULTIPLES = (1, 2, 4, 8, 16)
 # Longest horizon (x T_train) rolled out before the imitators run; longer ones stream.
 STREAMED_ABOVE = HORIZON_MULTIPLES[-1]
 DIVERGENCE_EPS = (0.1, 0.25)
@@ -602,7 +600,6 @@ def _merge_into_report(workdir, t_train, rows, skipped, comparisons):
                          if (s["shift"], s.get("strength")) not in now] + skipped
   if not parallel.is_primary():
     return report
-  from imitator import report as report_lib
   with checkpoint.uninterrupted():  # SIGTERM/SIGINT: after both files are whole
     with open(path, "w") as f:
       json.dump(report, f, indent=2, allow_nan=False)
@@ -666,7 +663,6 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
 
 
 def _plots(exp, workdir, battery, report, forget):
-  from imitator import report as report_lib
   t = exp.setting.t
   eval_dir = os.path.join(workdir, "eval")
   if battery["curves"]:

@@ -16,6 +16,8 @@ _LOG_FLOOR = 1e-12
 # NIE at or below which a teacher counts as identified; a shift strength breaks an
 # imitator when its NIE at the longest horizon exceeds it.
 IDENTIFIED_NIE = 0.25
+# The battery's horizons (x T_train); breaking points are read at the longest.
+HORIZON_MULTIPLES = (1, 2, 4, 8, 16)
 
 
 def divergence(task: str, a, a_hat):

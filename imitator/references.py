@@ -18,7 +18,14 @@ import jax
 from learners import learner, networks
 
 KNOWN_HPARAMS, TWIN = "known_hparams", "twin"
-NAMES = (KNOWN_HPARAMS, TWIN)
+NAMES = (KNOWN_HPARAMS, TWIN)  # the reference learners run here
+# Every row of a report beside the trained imitator: the baselines trained with it, the
+# references (the trained kind at its initial meta-params, and the learners above), and
+# the teacher itself.
+BASELINES = ("frozen", "context_only")
+UNTRAINED = "untrained"
+REFERENCES = (UNTRAINED, KNOWN_HPARAMS, TWIN)
+ORACLE = "oracle"
 
 
 def initial_states(family, hparams, init_key) -> dict:

@@ -6,8 +6,8 @@ import collections
 
 import numpy as np
 
-from imitator.evaluate import BASELINES, HORIZON_MULTIPLES, ORACLE, REFERENCES
-from imitator.metrics import IDENTIFIED_NIE
+from imitator.metrics import HORIZON_MULTIPLES, IDENTIFIED_NIE
+from imitator.references import BASELINES, ORACLE, REFERENCES
 
 
 def with_ci(value, ci, digits=3):
