@@ -57,8 +57,8 @@ def co_rollout(setting: episodes.Setting, data, imitators: dict, metas: dict, ke
   The scan runs `chunks_per_call` chunks per jitted call and each call's block means go
   to the host, so the device holds one call's worth whatever the horizon; the state
   between calls (cursors, learners, imitators) stays on the device."""
-  start, more, args = _calls(setting, data, imitators, key, n, horizon, chunk, block,
-                             imitator_keys, with_references)
+  start, more, args = _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
+                             with_references)
   carry, first = start(metas, data, *args)
   parts = [jax.device_get(first)]
   done = chunk
@@ -75,8 +75,8 @@ def call_memory_mb(setting: episodes.Setting, data, imitators: dict, metas: dict
                    with_references: bool = True, chunks_per_call: int = 16) -> float:
   """XLA's buffer assignment (arguments + outputs + temporaries - aliases, MB) of the
   larger of `co_rollout`'s two jitted calls: what the device holds at its peak."""
-  start, more, args = _calls(setting, data, imitators, key, n, horizon, chunk, block,
-                             imitator_keys, with_references)
+  start, more, args = _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
+                             with_references)
   carry = jax.eval_shape(start, metas, data, *args)[0]
   count = max(min(chunks_per_call, horizon // chunk - 1), 1)
   compiled = [start.lower(metas, data, *args).compile(),
@@ -86,12 +86,11 @@ def call_memory_mb(setting: episodes.Setting, data, imitators: dict, metas: dict
              - m.alias_size_in_bytes for m in sizes) / 2**20
 
 
-def _calls(setting, data, imitators, key, n, horizon, chunk, block, imitator_keys,
+def _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
            with_references):
   """(start, more, args): the jitted first chunk `start(metas, data, *args) -> (carry,
   Sums)`, the jitted run of `count` later chunks from step `first`, `more(metas, data,
   hp, hp_c, carry, count, first) -> (carry, Sums)`, and the teachers' arrays `args`."""
-  del data
   if horizon % chunk or chunk % block:
     raise ValueError(f"chunk={chunk} must divide horizon={horizon} and block={block} "
                      f"must divide chunk.")

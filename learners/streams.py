@@ -21,10 +21,8 @@ import jax
 
 from learners import npz, protocols, synthetic
 # The shared types and the synthetic helpers, as one public API.
-from learners.stream_base import (KINDS, SCHEDULES, SYNTHETIC_KINDS, Cursor, Stream,
-                                  StreamSpec, input_std)
-from learners.synthetic import (RealInputs, forgetting_probes, project_inputs,
-                                real_projection, synthetic_stream)
+from learners.stream_base import KINDS, SYNTHETIC_KINDS, Cursor, Stream, StreamSpec, input_std
+from learners.synthetic import forgetting_probes, project_inputs, synthetic_stream
 
 SOURCES = {**{kind: synthetic for kind in SYNTHETIC_KINDS}, "dataset": protocols,
            "npz": npz}
