@@ -234,6 +234,11 @@ def test_every_shipped_config_still_validates():
     if name == "__init__":
       continue
     module = importlib.import_module(f"launch.configs.{name}")
+    if name == "decay":  # launch.decay's grid, not a training config
+      from imitator import decay_sweep
+      for arg in (None, "smoke", "large", "imitator"):
+        assert decay_sweep.grid(module.get_config(arg))[1]
+      continue
     for arg in (None, "smoke") + (("large",) if name in ("mixed", "continual_digits") else ()):
       config = module.get_config(arg)
       config_schema.validate(config)
