@@ -79,15 +79,21 @@ def read_saved_config(workdir: str) -> dict | None:
   return saved
 
 
+# Fields whose default changed after they were added: a run that predates the field
+# ran with the value here (the behaviour before the field existed), not today's default.
+BEFORE_FIELD = {"imitator": {"gradient": {"tracker": "affine", "adapt_settle_after": 0}},
+                "baselines": {"tracker": "affine"}}
+
+
 def load_config(workdir: str, defaults: config_dict.ConfigDict | None = None):
   """The run's config.json as a ConfigDict; fields added to the code since the run was
-  trained are filled in from `defaults` (their values then)."""
+  trained are filled in from BEFORE_FIELD, else from `defaults` (their values then)."""
   saved = read_saved_config(workdir)
   if saved is None:
     raise FileNotFoundError(f"{workdir!r} is not a run directory: no config.json (train "
                             "into it with python -m launch.train --workdir=...)")
   if defaults is not None:
-    saved = _fill(saved, json.loads(defaults.to_json_best_effort()))
+    saved = _fill(_fill(saved, BEFORE_FIELD), json.loads(defaults.to_json_best_effort()))
   return config_dict.ConfigDict(saved)
 
 

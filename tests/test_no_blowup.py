@@ -14,7 +14,7 @@ from launch.configs import default
 
 # The recurrent in-context and system_id kinds are checked on their trained smoke
 # checkpoints (tests/test_train.py); here the kinds and trackers those do not train.
-KINDS = (("gradient", {}), ("gradient", {"tracker": "kalman"}),
+KINDS = (("gradient", {"tracker": "affine"}), ("gradient", {}),
          ("in_context", {"arch": "transformer"}))
 STRENGTHS = (0.25, 2.0, 8.0)
 

@@ -69,16 +69,13 @@ def test_system_id_is_the_teacher_for_every_pair(optimizer, regularizer):
 
 @pytest.mark.slow
 def test_small_meta_training_on_mixed_beats_context_only(tmp_path):
-  """`launch/configs/mixed.py:smoke`, gradient imitator with Kalman tracking: on 64
+  """`launch/configs/mixed.py:smoke` (gradient imitator, Kalman tracking): on 64
   held-out teachers of the whole family its NIE at 16 x T_train is below its
   `context_only` baseline's, the paired bootstrap interval of the ratio below 1
   (measured 0.749 [0.643, 0.861])."""
   from imitator import evaluate, train
   from launch.configs import mixed
   config = mixed.get_config("smoke")
-  config.imitator.kind = "gradient"
-  config.imitator.gradient.tracker = "kalman"
-  config.baselines.tracker = "kalman"
   workdir = str(tmp_path / "mixed")
   train.train_and_evaluate(config, workdir)
   exp = train.Experiment(config)

@@ -1,7 +1,9 @@
 """The main job: meta-train a `gradient` imitator of online learners drawn from the
 `small_mixed` family (linear or tanh-MLP networks, SGD or Adam, L2 pull to an anchor,
 random initial weights, each teacher with its own hidden hyperparams) that keep learning
-on a linear-regression stream whose task switches every 32 steps.
+on a linear-regression stream whose task switches every 32 steps. The imitator tracks
+the teacher's outputs with a Kalman filter over its weights and infers the teacher's
+step size with hypergradient steps that settle (shrink as T_train / t) after T_train.
 
     python -m launch.train                                  # this config, fresh runs/ dir
     python -m launch.train --config=launch/configs/default.py --workdir=runs/default
@@ -38,9 +40,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       adapt_steps=True, init_hyper_step=0.1,
       # steps after which the inferred step size settles (1/t); 0: never, None: the
       # training horizon (far better beyond 16 x T_train: BUILD_NOTES)
-      adapt_settle_after=0,
+      adapt_settle_after=config_dict.placeholder(int),
       update_net=False, update_net_width=16,
-      tracker="affine")  # or "kalman": a carried weight covariance (per output unit)
+      # "kalman": a carried weight covariance per output unit (identifies random
+      # initial weights within T_train: BUILD_NOTES); "affine": a scalar track rate
+      tracker="kalman")
   config.imitator.in_context = dict(
       arch="transformer", d_model=64, n_heads=4, n_layers=2, mlp_ratio=2,
       context=config_dict.placeholder(int),  # None: the training horizon
@@ -54,7 +58,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.baselines = dict(
       network=config_dict.placeholder(str), width=config_dict.placeholder(int),
       depth=config_dict.placeholder(int), activation=config_dict.placeholder(str),
-      freeze_after=16, init_track=0.5, tracker="affine")
+      freeze_after=16, init_track=0.5, tracker="kalman")
 
   config.train = dict(
       steps=600, teachers=16, learning_rate=1e-2, warmup_steps=20, grad_clip=1.0,

@@ -2,12 +2,13 @@
 (sgd, momentum, adam, rmsprop), every continual regularizer (L2 to anchor, online EWC,
 reservoir replay, shrink-and-perturb, each on or off per teacher), one or two inner steps,
 random initial weights as the family draws them; a task-switching regression stream, 4
-examples a step. The `system_id` imitator runs one particle per discrete member
-(32 here) and infers the continuous hyperparams and the weights.
+examples a step. The `gradient` imitator (Kalman tracking, settling step-size
+inference) is the best measured here (README); `system_id` runs one particle per
+discrete member (32 here) and infers the continuous hyperparams and the weights.
 
     python -m launch.train --config=launch/configs/mixed.py --workdir=runs/mixed
-    python -m launch.train --config=launch/configs/mixed.py --workdir=runs/mixed_gradient \\
-        --config.imitator.kind=gradient
+    python -m launch.train --config=launch/configs/mixed.py --workdir=runs/mixed_sid \\
+        --config.imitator.kind=system_id
     python -m launch.train --config=launch/configs/mixed.py:smoke --workdir=/tmp/mixed
     python -m launch.train --config=launch/configs/mixed.py:large --workdir=runs/mixed_large
 
@@ -24,7 +25,7 @@ def get_config(arg=None):
   config.stream.batch = 4
   config.stream.horizon = 64
   config.family.name = "mixed"
-  config.imitator.kind = "system_id"
+  config.imitator.kind = "gradient"
   config.imitator.system_id.mode = "refine"
   # The full meta-gradient through every particle's rollout takes ~10 min to compile
   # here; the evidence-only one (particle trajectories held fixed) a fraction of that.
