@@ -15,6 +15,7 @@ The JAX side is driven through `learners.rollout.rollout` and compared at every 
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,11 +266,9 @@ def check_against_reference(family, hparams, stream, key=0):
                                err_msg=f"final params {jax.tree_util.keystr(path)}")
   regs = family.regularizers
   if "ewc" in regs:
-    for got, want in zip(jax.tree.leaves(state.fisher), jax.tree.leaves(ref.fisher)):
-      np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7, err_msg="fisher")
+    chex.assert_trees_all_close(state.fisher, ref.fisher, rtol=RTOL, atol=1e-7)
   if family.uses_anchor:
-    for got, want in zip(jax.tree.leaves(state.anchor), jax.tree.leaves(ref.anchor)):
-      np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg="anchor")
+    chex.assert_trees_all_close(state.anchor, ref.anchor, rtol=RTOL, atol=ATOL)
   if "replay" in regs:
     assert int(state.replay.count) == ref.buf_count
     np.testing.assert_allclose(state.replay.x, ref.buf_x, rtol=0, atol=0)
@@ -437,5 +436,4 @@ def test_strength_zero_changes_nothing(case, opt):
   traj, state = jax_rollout(family, make_hparams("mlp", opt, **zero), key, stream)
   np.testing.assert_allclose(traj.behaviour, traj_base.behaviour, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(traj.loss, traj_base.loss, rtol=1e-6, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state_base.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  chex.assert_trees_all_close(state.params, state_base.params, rtol=1e-6, atol=1e-6)

@@ -1,13 +1,16 @@
 """The imitation objective: windowed unrolls and truncated gradients against plain ones."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imitator import metrics, objective
+from imitator import episodes, metrics, objective, train
 from imitator.gradient import GradientImitator
 from imitator.in_context import InContextImitator
+
+import test_golden  # tests/ is on sys.path (pytest's default import mode)
 
 P, T, B = 3, 24, 2
 
@@ -60,8 +63,7 @@ def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
   # Two compiled programs (with and without the backward pass) fuse and sum float32 in
   # different orders over a 32-step recurrence: 1.06e-5 apart here, as the gradients.
   np.testing.assert_allclose(loss, full(meta), rtol=1e-4)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(jax.grad(full)(meta))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  chex.assert_trees_all_close(grads, jax.grad(full)(meta), rtol=1e-4, atol=1e-7)
 
   # Windows of 8: a hand loop, each window's gradient taken with its start state fixed
   # (except the first, whose start state is init(meta)), averaged over windows.
@@ -85,10 +87,11 @@ def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
   np.testing.assert_allclose(loss, total_loss / n, rtol=1e-5)
   # atol: the safeguard's curvature is a difference of two losses, which float32 sums
   # in another order move by ~1e-6.
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(total_grads)):
-    np.testing.assert_allclose(a, b / n, rtol=1e-4, atol=2e-5)
+  chex.assert_trees_all_close(grads, jax.tree.map(lambda g: g / n, total_grads),
+                              rtol=1e-4, atol=2e-5)
   # Truncation really cuts: the windowed gradient differs from the whole-horizon one.
   whole = jax.grad(full)(meta)
+  chex.assert_trees_all_equal_structs(grads, whole)
   assert any(not np.allclose(a, b, rtol=1e-3) for a, b in
              zip(jax.tree.leaves(grads), jax.tree.leaves(whole)))
 
@@ -99,3 +102,44 @@ def test_window_must_divide_the_horizon():
   with pytest.raises(ValueError, match="must divide the horizon 24"):
     objective.loss_and_grads(im, im.init_meta(jax.random.key(0)), keys, xs, ys, as_,
                              window=7)
+
+
+# Recomputation fuses float32 sums in another order: measured up to 7e-7 apart (the
+# transformer, whose gradients reach 6.5) against differences of O(|g|) if remat lost
+# or changed a gradient path.
+RTOL_REMAT, ATOL_REMAT = 1e-4, 1e-5
+
+
+def _primitives(jaxpr):
+  """The names of every primitive in a jaxpr, nested ones (scan, cond, ...) included."""
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+        if hasattr(sub, "eqns"):
+          yield from _primitives(sub)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", test_golden.KINDS)
+def test_remat_gives_the_same_meta_gradient(name):
+  """`train.remat=True` recomputes each unroll step in the backward pass instead of
+  storing it (jax.checkpoint): the training objective's loss and meta-gradient are the
+  same as without it, for every kind, on teachers of default.py:smoke."""
+  exps = {remat: train.Experiment(test_golden.config(name, remat=remat))
+          for remat in (False, True)}
+  setting, data = exps[False].setting, exps[False].data
+  ep = jax.jit(lambda k: episodes.sample(setting, data, k, 2))(jax.random.key(3))
+  keys = jax.random.split(jax.random.key(4), 2)
+  out = {}
+  for remat, exp in exps.items():
+    im = exp.imitators["imitator"]
+    meta = im.init_meta(jax.random.key(5))
+    traced = jax.jit(lambda m: objective.loss_and_grads(im, m, keys, ep.x, ep.y,
+                                                        ep.behaviour)).trace(meta)
+    # The config reaches the program: jax.checkpoint (remat2, or checkpoint) is in it.
+    names = set(_primitives(traced.jaxpr.jaxpr))
+    assert bool(names & {"remat2", "checkpoint", "remat"}) == remat, name
+    out[remat] = traced.lower().compile()(meta)
+  chex.assert_trees_all_close(out[True], out[False], rtol=RTOL_REMAT, atol=ATOL_REMAT)

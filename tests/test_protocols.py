@@ -1,5 +1,6 @@
 """Continual-learning protocols, checked against numpy on tiny hand-made datasets."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,10 +148,10 @@ def test_deterministic_per_key_and_jit_matches_eager(protocol):
   data = _data()
   spec = _spec(protocol, rotation_degrees=30.0)
   a, b, c = _stream(spec, data, 0), _stream(spec, data, 0), _stream(spec, data, 1)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  chex.assert_trees_all_equal(a, b)
   assert not np.array_equal(a.x, c.x)
   eager = protocols.protocol_stream(spec, jax.random.key(0), data)
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), a, eager)
+  chex.assert_trees_all_close(a, eager, rtol=1e-7, atol=1e-6)
 
 
 def test_input_scale_and_skew_scale_flattened_features_like_synthetic_streams():
@@ -191,4 +192,4 @@ def test_signature_and_make_stream_dispatch():
   assert protocols.signature(spec, data) == ("classification", (4, 4, 1), C)
   assert streams.signature(spec, data) == ("classification", (4, 4, 1), C)
   s = jax.tree.map(np.asarray, streams.make_stream(spec, jax.random.key(0), data))
-  jax.tree.map(np.testing.assert_array_equal, s, _stream(spec, data))
+  chex.assert_trees_all_equal(s, _stream(spec, data))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,11 +37,6 @@ def _latest(config, workdir):
   state, _ = ckpt.restore(exp.abstract_state())
   ckpt.close()
   return state
-
-
-def _assert_same(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _train_cmd(workdir, *flags):
@@ -79,7 +75,7 @@ def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
   config = default.get_config("smoke")
   config.train.steps, config.train.log_every = 800, 25
   config.train.eval_every = config.train.checkpoint_every = 1000
-  _assert_same(_latest(config, killed), _latest(config, straight))
+  chex.assert_trees_all_equal(_latest(config, killed), _latest(config, straight))
   with open(metrics) as f1, open(os.path.join(straight, "metrics.jsonl")) as f2:
     assert f1.read() == f2.read()
 
@@ -117,7 +113,8 @@ def test_nonfinite_steps_are_skipped_rolled_back_then_stopped(tmp_path, monkeypa
   assert "['frozen']" in message and "learning_rate" in message and "grad_clip" in message
   state = _latest(config, str(tmp_path))
   init = train.Experiment(config).init_state()
-  _assert_same(state.meta["frozen"], init.meta["frozen"])  # never updated
+  chex.assert_trees_all_equal(state.meta["frozen"], init.meta["frozen"])  # never updated
+  chex.assert_trees_all_equal_structs(state.meta["imitator"], init.meta["imitator"])
   leaves = zip(jax.tree.leaves(state.meta["imitator"]), jax.tree.leaves(init.meta["imitator"]))
   assert any(not np.array_equal(a, b) for a, b in leaves)  # the others kept learning
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -232,6 +229,20 @@ def test_old_config_json_gets_new_fields_from_defaults(tmp_path):
   train.Experiment(loaded)  # valid again
   with pytest.raises(ValueError, match="config.train.tensorboard is missing"):
     train.Experiment(workdir.load_config(str(tmp_path)))
+
+
+def test_a_run_older_than_a_changed_default_keeps_the_value_it_ran_with(tmp_path):
+  """Runs trained before the tracker and settling fields existed ran with affine
+  tracking and no settling; re-evaluating them must not switch to today's defaults."""
+  saved = json.loads(default.get_config("smoke").to_json_best_effort())
+  del saved["imitator"]["gradient"]["tracker"], saved["baselines"]["tracker"]
+  del saved["imitator"]["gradient"]["adapt_settle_after"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  from imitator import workdir
+  loaded = workdir.load_config(str(tmp_path), defaults=default.get_config())
+  assert default.get_config().imitator.gradient.tracker == "kalman"  # what changed
+  assert loaded.imitator.gradient.tracker == loaded.baselines.tracker == "affine"
+  assert loaded.imitator.gradient.adapt_settle_after == 0
 
 
 def _interrupt_at(tmp_path, pattern, sig, delay=1.0):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -73,8 +74,7 @@ def test_untrained_meta_is_the_initial_draw_of_training():
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), 0)
   expected = exp.imitators["imitator"].init_meta(key)
   assert imitators["untrained"] is exp.imitators["imitator"]
-  for a, b in zip(jax.tree.leaves(metas["untrained"]), jax.tree.leaves(expected)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  chex.assert_trees_all_equal(metas["untrained"], expected)
 
 
 def test_rows_exclude_blown_up_teachers_and_carry_identification(linear):

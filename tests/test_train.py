@@ -3,6 +3,7 @@
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -85,8 +86,7 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
   exp = train.Experiment(config)
   a, b = _final_meta(exp, straight), _final_meta(exp, split)
   assert int(a.step) == int(b.step) == 24
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(a, b)
   with open(os.path.join(straight, "metrics.jsonl")) as f1, \
       open(os.path.join(split, "metrics.jsonl")) as f2:
     assert f1.read() == f2.read()
@@ -109,8 +109,7 @@ def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
   monkeypatch.setattr(episodes, "sample", poisoned)
   dirty = exp.train_step_fn(config.stream.horizon)(exp.place(exp.init_state()))
   assert int(dirty.bad_total) == 0
-  for x, y in zip(jax.tree.leaves(clean), jax.tree.leaves(dirty)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  chex.assert_trees_all_equal(clean, dirty)
 
 
 @pytest.mark.slow
