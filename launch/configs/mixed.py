@@ -26,6 +26,10 @@ def get_config(arg=None):
   config.stream.horizon = 64
   config.family.name = "mixed"
   config.imitator.kind = "gradient"
+  # Twice the teachers' width: the imitator's one MLP (one activation) stands in for
+  # teachers with relu, tanh or gelu; at 64 it beats its width-32 self at 1 x and 16 x
+  # (BUILD_NOTES, "Where the remaining error sits").
+  config.imitator.gradient.width = 64
   config.imitator.system_id.mode = "refine"
   # The full meta-gradient through every particle's rollout takes ~10 min to compile
   # here; the evidence-only one (particle trajectories held fixed) a fraction of that.
