@@ -72,7 +72,7 @@ def test_small_meta_training_on_mixed_beats_context_only(tmp_path):
   """`launch/configs/mixed.py:smoke` (gradient imitator, Kalman tracking): on 64
   held-out teachers of the whole family its NIE at 16 x T_train is below its
   `context_only` baseline's, the paired bootstrap interval of the ratio below 1
-  (measured 0.749 [0.643, 0.861])."""
+  (measured 0.634 [0.542, 0.731])."""
   from imitator import evaluate, train
   from launch.configs import mixed
   config = mixed.get_config("smoke")
