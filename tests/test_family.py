@@ -282,8 +282,9 @@ def finite_rollouts(fam, hp, keys, stream):
           & jnp.isfinite(traj.loss).all(-1))
 
 
+# sgd_mlp stays in the default suite as the representative (the suite's time budget).
 SLOW_PRESETS = ("mixed", "small_mixed", "continual_mlp", "adam_mlp", "optimizers_mlp",
-                "optimizers_linear")
+                "optimizers_linear", "sgd_linear")
 
 
 @pytest.mark.parametrize("name", [
