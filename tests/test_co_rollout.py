@@ -222,6 +222,7 @@ def _check_streamed_training(config, n=4, window=8, every=True):
     chex.assert_trees_all_close(got[name][1], grads, rtol=2e-3, atol=1e-6)
 
 
+@pytest.mark.slow  # 28 s: the default suite's budget
 def test_streamed_training_equals_truncated_training_on_materialized_episodes():
   _check_streamed_training(_small("sgd_linear"), every=False)
 
