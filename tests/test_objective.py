@@ -122,8 +122,8 @@ def _primitives(jaxpr):
 
 
 # system_id's remat program (every particle's rollout, recomputed) crashed XLA's CPU
-# compiler with a segmentation fault in a fresh-clone run of the slow suite; its remat
-# path is the same `jax.checkpoint` of the unroll step as the other kinds'.
+# compiler with a segmentation fault in a fresh-clone run of the slow suite. It wraps its
+# own scan step in `jax.checkpoint` as `imitator.base` does; that path is untested here.
 REMAT_KINDS = [k for k in test_golden.KINDS if k != "system_id"]
 
 
