@@ -7,7 +7,7 @@ per-teacher means over blocks of `block` steps are kept. No [P, T, ...] array of
 horizon exists: memory is one chunk's data plus a few numbers per block, so horizons of
 a thousand times the training horizon fit where the materialized battery
 (`imitator.evaluate.held_out`) would not. For the same key the teachers, streams and
-imitator states are those of `episodes.sample` and `evaluate.imitate`, so on a short
+imitator states are those of `episodes.sample` and `objective.unroll`, so on a short
 horizon the sums equal block means of the materialized errors (tests/test_co_rollout.py).
 """
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import traverse_util
 
-from imitator import gradient
+from imitator import gradient, in_context, kinds, system_id
 from learners import family as family_lib
 from learners import networks, streams
 
@@ -60,25 +60,25 @@ _NET = dict(network=_choice(networks.NETWORKS, optional=True), width=_int(1, Tru
 SCHEMA: dict[str, Any] = {
     "seed": _int(0),
     "imitator": {
-        "kind": _choice(("gradient", "in_context", "system_id")),
-        "gradient": {**_NET, "step_size": _choice(("per_parameter", "per_layer")),
+        "kind": _choice(kinds.KINDS),
+        "gradient": {**_NET, "step_size": _choice(gradient.STEP_SIZES),
                      "inner_steps": _int(1), "init_lr": _float(0, open_low=True),
                      "init_track": _float(0, 1, open_low=True), "adapt_steps": _BOOL,
                      "adapt_settle_after": _int(0, optional=True),
                      "init_hyper_step": _float(), "update_net": _BOOL,
                      "update_net_width": _int(1), "tracker": _choice(gradient.TRACKERS)},
-        "in_context": {"arch": _choice(("transformer", "linear_transformer", "recurrent")),
+        "in_context": {"arch": _choice(in_context.ARCHS),
                        "d_model": _int(1), "n_heads": _int(1), "n_layers": _int(1),
                        "mlp_ratio": _int(1), "context": _int(1, optional=True),
                        "d_key": _int(1), "d_value": _int(1), "hidden": _int(1)},
-        "system_id": {"mode": _choice(("refine", "amortized", "both")),
+        "system_id": {"mode": _choice(system_id.MODES),
                       "encoder_hidden": _int(1), "max_particles": _int(1),
                       "init_track": _float(0, 1, open_low=True),
                       "init_refine": _float(0, open_low=True),
                       "init_temp": _float(0, open_low=True),
                       "init_forget": _float(0, 1, open_low=True),
                       "refine_every": _int(1), "split_groups": _BOOL,
-                      "meta_grad": _choice(("full", "evidence"))},
+                      "meta_grad": _choice(system_id.META_GRADS)},
     },
     "baselines": {**_NET, "freeze_after": _int(0),
                   "init_track": _float(0, 1, open_low=True),

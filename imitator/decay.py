@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from imitator import decay_fit, metrics, parallel
-from imitator.evaluate import imitate
+from imitator import decay_fit, metrics, objective, parallel
 from learners import decay_tasks, family as family_lib, rollout
 
 REGULARIZERS = ("none",) + family_lib.REGULARIZERS
@@ -132,7 +131,7 @@ def teacher_rollouts(family, every: int, hparams, init_keys, stream, px):
 
 # The imitator (static, hashed by identity) and the chunk are static: one compilation
 # serves every covered cell.
-_imitate = jax.jit(imitate, static_argnums=(0, 6))
+_imitate = jax.jit(objective.unroll, static_argnums=(0, 6))
 
 
 def probe_curves(task: str, outputs, py):
@@ -201,7 +200,7 @@ def run_cell(cell: Cell, spec: decay_tasks.DecaySpec, n: int, seed: int, fit_cfg
 
   `learning_rate` fixes the teachers' SGD step (None: drawn from the family's prior);
   `data` is the overlap's SplitData (split only); `imitator` is None or
-  (exp, meta, label): an `imitator.train.Experiment`, its meta-params and the report
+  (exp, meta, label): an `imitator.experiment.Experiment`, its meta-params and the report
   label of its trained kind, which then watches every covered teacher through both
   phases and is asked the same probes."""
   family = teacher_family(cell, spec.task, (spec.dim,), spec.out)
@@ -229,7 +228,7 @@ def run_cell(cell: Cell, spec: decay_tasks.DecaySpec, n: int, seed: int, fit_cfg
                        spec.batch)
   if reason:
     return {**row, "imitator": label, "imitator_covered": False, "imitator_reason": reason}
-  keys = jax.random.split(jax.random.key(0), n)
+  keys = objective.evaluation_keys(n)
   im_out = _imitate(exp.imitators["imitator"], meta["imitator"], keys, stream.x, stream.y,
                     traj.behaviour, spec.probe_every, px)[2]
   im_loss, im_acc = probe_curves(family.task, im_out, py)

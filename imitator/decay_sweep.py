@@ -121,13 +121,13 @@ def settings(config, spec, imitator_workdir) -> dict:
 
 def _imitator(workdir: str):
   """(Experiment, meta, label) of a trained workdir's best checkpoint."""
-  from imitator import evaluate, kinds, train
+  from imitator import evaluate, experiment, kinds
   from launch.configs import default
   if not any(os.path.isdir(os.path.join(workdir, d)) for d in ("best", "checkpoints")):
     raise ValueError(f"--imitator_workdir={workdir}: no checkpoint (no best/ or "
                      "checkpoints/); train one with python -m launch.train --workdir=W0.")
   config = workdir_lib.load_config(workdir, defaults=default.get_config())
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   return exp, evaluate.restore_meta(exp, workdir), kinds.label(config)
 
 

@@ -91,18 +91,18 @@ def parse_sweep(text: str) -> tuple[str, tuple]:
 # --------------------------------------------------------------------------- unrolls
 
 
-def errors_fn(imitators, setting, ep: episodes.Episodes, window: int = 0):
+def errors_fn(imitators, setting, ep: episodes.Episodes, chunk: int = 0):
   """meta -> ({name: err [P, T]}, chance [P, T]) on fixed episodes `ep`. Each imitator
   object is jitted once: names that share one (the trained kind and `untrained`) share
   its compilation."""
-  keys = jax.random.split(jax.random.key(0), ep.x.shape[0])
-  window = _divisor(window, ep.x.shape[1])
+  keys = objective.evaluation_keys(ep.x.shape[0])
+  chunk = _divisor(chunk, ep.x.shape[1])
   compiled = {}
 
   def unroll_error(im):
     if im not in compiled:
       compiled[im] = jax.jit(lambda m, x, y, a: metrics.step_error(
-          setting.task, a, objective.unroll(im, m, keys, x, y, a, window=window)))
+          setting.task, a, objective.unroll(im, m, keys, x, y, a, chunk)[0]))
     return compiled[im]
 
   chance = jax.jit(metrics.step_error, static_argnums=0)(setting.task, ep.behaviour,
@@ -115,46 +115,11 @@ def errors_fn(imitators, setting, ep: episodes.Episodes, window: int = 0):
   return run
 
 
-def _divisor(window: int, horizon: int) -> int:
-  """The largest divisor of horizon that is <= window (0: the whole horizon)."""
-  if not window or window >= horizon:
+def _divisor(chunk: int, horizon: int) -> int:
+  """The largest divisor of horizon that is <= chunk (0: the whole horizon)."""
+  if not chunk or chunk >= horizon:
     return 0
-  return max(d for d in range(1, window + 1) if horizon % d == 0)
-
-
-def imitate(im, meta, keys, xs, ys, as_, chunk: int, probes=None):
-  """Runs an imitator over [P, T, ...] streams `chunk` steps at a time (memory for one
-  chunk). Returns a_hat [P, T, B, out], the imitator's estimate of the hyperparams at
-  each chunk end ({field: [P, T // chunk]}, system_id only, else None), and its
-  predictions on per-teacher `probes` [P, n, ...] before each chunk ([P, T // chunk, n,
-  out], or None)."""
-  horizon = xs.shape[1]
-
-  def extras(state, probe_x):
-    est = im.estimate(meta, state) if hasattr(im, "estimate") else None
-    probe = None if probe_x is None else im.predict(meta, state, probe_x)
-    return est, probe
-
-  def one(key, x, y, a, probe_x):
-    def body(state, w):
-      _, probe = extras(state, probe_x)
-      state, a_hat = im.unroll(meta, state, *w)
-      return state, (a_hat, extras(state, None)[0], probe)
-
-    # The first chunk starts from `init`, which lets models skip empty memory.
-    state = im.init(meta, key)
-    _, probe0 = extras(state, probe_x)
-    state, a0 = im.unroll(meta, state, x[:chunk], y[:chunk], a[:chunk], fresh=True)
-    est0, _ = extras(state, None)
-    chunks = lambda v: v[chunk:].reshape((horizon // chunk - 1, chunk) + v.shape[1:])
-    _, (a_rest, est_rest, probe_rest) = jax.lax.scan(body, state,
-                                                     jax.tree.map(chunks, (x, y, a)))
-    cat = lambda first, more: None if first is None else jax.tree.map(
-        lambda f, m: jnp.concatenate([f[None], m]), first, more)
-    a_hat = jnp.concatenate([a0, a_rest.reshape((-1,) + a0.shape[1:])])
-    return a_hat, cat(est0, est_rest), cat(probe0, probe_rest)
-
-  return jax.vmap(one)(keys, xs, ys, as_, probes)
+  return max(d for d in range(1, chunk + 1) if horizon % d == 0)
 
 
 # --------------------------------------------------------------------------- references
@@ -414,7 +379,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
   names = {"imitator": label}
   results, comps, skipped, curves = [], [], [], {}
   imitators, metas = with_untrained(exp, meta)
-  keys = jax.random.split(jax.random.key(0), n)
+  keys = objective.evaluation_keys(n)
   compiled = {}  # one jit per imitator object: `untrained` shares the trained kind's
   stream = max(multiples) > STREAMED_ABOVE
 
@@ -422,8 +387,8 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
     out = {}
     for name, im in imitators.items():
       if im not in compiled:
-        compiled[im] = jax.jit(lambda m, x, y, a, im=im: imitate(
-            im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1]) or x.shape[1]))
+        compiled[im] = jax.jit(lambda m, x, y, a, im=im: objective.unroll(
+            im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1])))
       out[name] = compiled[im](metas[name], x, y, a)
     return out
 
@@ -505,7 +470,7 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
     return stream, traj, px, py
 
   stream, traj, px, py = teachers(key)
-  keys = jax.random.split(jax.random.key(0), n)
+  keys = objective.evaluation_keys(n)
   task = setting.task
 
   def loss_on_b(outputs):  # [P, K, n, out] -> [P, K]
@@ -517,7 +482,7 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
             "imitators": {}, "rows": []}
   names = {"imitator": kinds.label(exp.config)}
   for name, im in exp.imitators.items():
-    run = jax.jit(lambda m, x, y, a, p: imitate(im, m, keys, x, y, a, every, probes=p)[2])
+    run = jax.jit(lambda m, x, y, a, p: objective.unroll(im, m, keys, x, y, a, every, probes=p)[2])
     curve = loss_on_b(run(meta[name], stream.x, stream.y, traj.behaviour, px))
     gap, ci = metrics.forgetting_gap(teacher_curve, curve)
     label = names.get(name, name)

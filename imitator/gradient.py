@@ -43,6 +43,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from imitator import tracking
@@ -51,6 +52,7 @@ from learners import networks
 
 _MOMENTS = (0.9, 0.99)  # EMA decays of the update network's gradient moments
 TRACKERS = ("affine", "kalman")
+STEP_SIZES = ("per_parameter", "per_layer")
 MAX_LOG_STEP_OFFSET = 8.0  # the adapted step stays within e^-8..e^8 of the meta-learned one
 
 
@@ -94,9 +96,9 @@ class GradientImitator(Imitator):
                        "fraction of the residual each tracking step removes.")
     if self.tracker not in TRACKERS:
       raise ValueError(f"imitator tracker={self.tracker!r}; allowed: {list(TRACKERS)}.")
-    if self.step_size not in ("per_parameter", "per_layer"):
+    if self.step_size not in STEP_SIZES:
       raise ValueError(f"imitator step_size={self.step_size!r}; allowed: "
-                       "['per_parameter', 'per_layer'].")
+                       f"{list(STEP_SIZES)}.")
     if self.network not in networks.NETWORKS:
       raise ValueError(f"imitator network={self.network!r}; allowed: "
                        f"{list(networks.NETWORKS)}.")
@@ -104,8 +106,8 @@ class GradientImitator(Imitator):
       raise ValueError(f"imitator activation={self.activation!r}; allowed: "
                        f"{list(networks.ACTIVATIONS)}.")
     if self.update_net:
-      object.__setattr__(self, "_update_graph",
-                         nnx.split(UpdateNet(self.update_net_width, nnx.Rngs(0)))[0])
+      object.__setattr__(self, "_update_graph", nnx.graphdef(nnx.eval_shape(
+          lambda: UpdateNet(self.update_net_width, nnx.Rngs(0)))))
 
   # ----------------------------------------------------------------- structure
 
@@ -193,8 +195,8 @@ class GradientImitator(Imitator):
     """Mean teacher loss on the labels: 0.5 * squared error, or cross-entropy."""
     out = self.apply(params, x)
     if self.task == "classification":
-      logp = jax.nn.log_softmax(out * jnp.exp(-meta["log_temperature"]), axis=-1)
-      return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean()
+      return optax.losses.softmax_cross_entropy_with_integer_labels(
+          out * jnp.exp(-meta["log_temperature"]), y).mean()
     return 0.5 * jnp.sum((out - y) ** 2, axis=-1).mean()
 
   def _step(self, meta, state, x, y, a):

@@ -186,7 +186,9 @@ class InContextImitator(Imitator):
     if self.arch != "recurrent" and self.d_model % self.n_heads:
       raise ValueError(f"imitator.in_context.d_model={self.d_model} must be divisible by "
                        f"n_heads={self.n_heads}.")
-    object.__setattr__(self, "_graph", nnx.split(self._module(nnx.Rngs(0)))[0])
+    # Abstract: only the graphdef is kept, so no weights are drawn.
+    object.__setattr__(self, "_graph",
+                       nnx.graphdef(nnx.eval_shape(lambda: self._module(nnx.Rngs(0)))))
 
   def _module(self, rngs):
     if self.arch == "recurrent":

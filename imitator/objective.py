@@ -24,6 +24,13 @@ def _unroll_batch(imitator, meta, states, xs, ys, as_, fresh=False):
   return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))(meta, states, xs, ys, as_)
 
 
+def evaluation_keys(n: int):
+  """[n] keys for the imitators' initial states in evaluation, one per teacher. Fixed,
+  not drawn from eval.seed: every imitator, shift and horizon starts from the same
+  states, so their figures differ by what they observe only."""
+  return jax.random.split(jax.random.key(0), n)
+
+
 def init_states(imitator, meta, keys):
   return jax.vmap(imitator.init, in_axes=(None, 0))(meta, keys)
 
@@ -34,26 +41,42 @@ def _window(arrays, start, window):
   return tuple(jax.lax.dynamic_slice_in_dim(a, start, window, axis=1) for a in arrays)
 
 
-def unroll(imitator, meta, keys, xs, ys, as_, window: int = 0):
-  """a_hat [P, T, B, out] for teachers' streams xs [P, T, B, ...], run `window` steps at
-  a time (0: all at once) so that long horizons need memory for one window only."""
+def unroll(imitator, meta, keys, xs, ys, as_, chunk: int = 0, probes=None):
+  """Runs an imitator over teachers' streams xs [P, T, B, ...] `chunk` steps at a time
+  (0: all at once), so that long horizons need memory for one chunk only. Returns a_hat
+  [P, T, B, out]; the imitator's estimate of the hyperparams at each chunk end ({field:
+  [P, T // chunk]}, system_id only, else None); and its predictions on per-teacher
+  `probes` [P, n, ...] before each chunk ([P, T // chunk, n, out], or None)."""
   horizon = xs.shape[1]
-  window = window or horizon
-  if horizon % window:
-    raise ValueError(f"window={window} must divide the horizon {horizon}.")
-  states, first = _unroll_batch(imitator, meta, init_states(imitator, meta, keys),
-                                xs[:, :window], ys[:, :window], as_[:, :window], fresh=True)
-  if window == horizon:
-    return first
+  chunk = chunk or horizon
+  if horizon % chunk:
+    raise ValueError(f"chunk={chunk} must divide the horizon {horizon}.")
 
-  def body(states, start):
-    return _unroll_batch(imitator, meta, states, *_window((xs, ys, as_), start, window))
+  def extras(state, probe_x):
+    est = imitator.estimate(meta, state) if hasattr(imitator, "estimate") else None
+    probe = None if probe_x is None else imitator.predict(meta, state, probe_x)
+    return est, probe
 
-  starts = jnp.arange(1, horizon // window) * window
-  _, a_hat = jax.lax.scan(body, states, starts)
-  a_hat = jnp.swapaxes(a_hat, 0, 1)
-  a_hat = a_hat.reshape((a_hat.shape[0], horizon - window) + a_hat.shape[3:])
-  return jnp.concatenate([first, a_hat], axis=1)
+  def one(key, x, y, a, probe_x):
+    def body(state, w):
+      _, probe = extras(state, probe_x)
+      state, a_hat = imitator.unroll(meta, state, *w)
+      return state, (a_hat, extras(state, None)[0], probe)
+
+    # The first chunk starts from `init`, which lets models skip empty memory.
+    state = imitator.init(meta, key)
+    _, probe0 = extras(state, probe_x)
+    state, a0 = imitator.unroll(meta, state, x[:chunk], y[:chunk], a[:chunk], fresh=True)
+    est0, _ = extras(state, None)
+    chunks = lambda v: v[chunk:].reshape((horizon // chunk - 1, chunk) + v.shape[1:])
+    _, (a_rest, est_rest, probe_rest) = jax.lax.scan(body, state,
+                                                     jax.tree.map(chunks, (x, y, a)))
+    cat = lambda first, more: None if first is None else jax.tree.map(
+        lambda f, m: jnp.concatenate([f[None], m]), first, more)
+    a_hat = jnp.concatenate([a0, a_rest.reshape((-1,) + a0.shape[1:])])
+    return a_hat, cat(est0, est_rest), cat(probe0, probe_rest)
+
+  return jax.vmap(one)(keys, xs, ys, as_, probes)
 
 
 def _window_loss(imitator, meta, states, xw, yw, aw, fresh=False):

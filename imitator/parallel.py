@@ -6,8 +6,7 @@ device's teachers locally and all-reduces the meta-gradient.
 """
 
 import jax
-import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import AxisType, Mesh
 
 _initialized = False
 
@@ -28,5 +27,8 @@ def is_primary() -> bool:
 
 
 def data_mesh() -> Mesh:
-  """A 1-d mesh named 'data' over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
+  """A 1-d mesh named 'data' over every device of every process. Its axis is `Auto`
+  (sharding propagated by XLA, as with a plain `Mesh`), not `make_mesh`'s default
+  `Explicit`. On CPU the devices keep `jax.devices()`'s order, on GPU their id order;
+  on TPU `make_mesh` orders them along the physical ring for the all-reduce."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))

@@ -152,7 +152,9 @@ class SystemIdImitator(Imitator):
           f"than imitator.system_id.max_particles={self.max_particles}; raise it or narrow "
           "the family.")
     object.__setattr__(self, "groups", groups)
-    object.__setattr__(self, "_graph", nnx.split(self._encoder(nnx.Rngs(0)))[0])
+    # Abstract: only the graphdef is kept, so no weights are drawn.
+    object.__setattr__(self, "_graph",
+                       nnx.graphdef(nnx.eval_shape(lambda: self._encoder(nnx.Rngs(0)))))
 
   @property
   def particles(self) -> int:

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from imitator import co_rollout, episodes, evaluate, references, train
+from imitator import (co_rollout, episodes, evaluate, experiment, objective, outer_step,
+                      references)
 from learners import family as family_lib
 from learners import rollout, streams
 from launch import cli, torch_peers
@@ -149,8 +150,8 @@ def mixed_rollout_row(quick: bool):
 
 def _step_cost(config):
   """(seconds per outer step, peak MB) of a config's jitted outer step."""
-  exp = train.Experiment(config)
-  step = exp.train_step_fn(config.stream.horizon)
+  exp = experiment.Experiment(config)
+  step = outer_step.step_fn(exp, config.stream.horizon)
   ts = exp.place(exp.init_state())
   compiled = step.lower(ts).compile()
   peak = _peak_mb(compiled)
@@ -166,7 +167,7 @@ def _step_cost(config):
 
 def _kind_configs(quick: bool):
   configs = {"gradient": default.get_config()}
-  for arch in ("recurrent", "transformer", "linear_transformer"):
+  for arch in in_context.ARCHS:
     configs[f"in_context/{arch}"] = in_context.get_config(arch)
   configs["system_id/both"] = system_id.get_config()
   for config in configs.values():
@@ -189,7 +190,7 @@ def _episode_mb(config) -> float:
   """Size of the episode arrays (streams, behaviour, teacher losses) one step holds at a
   time: the whole horizon's, or with truncation one window's (the teachers' data is
   made window by window, `objective.streamed_loss_and_grads`)."""
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   setting = exp.setting.with_horizon(config.train.truncation or exp.setting.t)
   ep = jax.eval_shape(lambda k: episodes.sample(setting, exp.data, k,
                                                 config.train.teachers), jax.random.key(0))
@@ -228,16 +229,16 @@ def eval_horizon_rows(quick: bool):
   config = default.get_config()
   if quick:
     default.shrink_to_smoke(config)
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   imitators, metas = evaluate.with_untrained(exp, exp.init_state().meta)
   n, t = config.eval.teachers, exp.setting.t
-  keys = jax.random.split(jax.random.key(0), n)
+  keys = objective.evaluation_keys(n)
   key = evaluate.held_out_key(config)
   runs = sorted(imitators) + ["known_hparams", "twin"]
 
   def materialized(k, m, horizon):
     ep = episodes.sample(exp.setting.with_horizon(horizon), exp.data, k, n, chance=True)
-    out = {name: evaluate.imitate(im, m[name], keys, ep.x, ep.y, ep.behaviour, t)[0]
+    out = {name: objective.unroll(im, m[name], keys, ep.x, ep.y, ep.behaviour, t)[0]
            for name, im in imitators.items()}
     return out, references.behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x,
                                       ep.y)

@@ -27,7 +27,7 @@ import sys
 
 from absl import flags, logging
 
-from imitator import checkpoint, evaluate, train, workdir as workdir_lib
+from imitator import checkpoint, evaluate, experiment, workdir as workdir_lib
 from learners import npz, shifts, streams
 from launch import cli
 from launch.configs import default
@@ -120,7 +120,7 @@ def _evaluate(config, names, sweeps, multiples):
   if config.eval.teachers < 64:
     logging.warning("eval.teachers=%d: the battery is meant for at least 64 teachers",
                     config.eval.teachers)
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
                     with_forgetting=_FORGETTING.value, log=lambda m: logging.info(m),
                     sweeps=sweeps, multiples=multiples)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from imitator import checkpoint, evaluate, kinds, train, workdir as workdir_lib
+from imitator import checkpoint, evaluate, experiment, kinds, objective, workdir as workdir_lib
 from learners import family as family_lib
 from launch import cli
 from launch.configs import default
@@ -44,9 +44,9 @@ def describe_tree(meta) -> str:
 def compare(exp, meta, steps: int) -> str:
   """A fresh held-out teacher and every imitator on one stream, step by step."""
   ep = evaluate.held_out(exp.config, exp.setting, exp.data, 1)
-  keys = jax.random.split(jax.random.key(0), 1)
+  keys = objective.evaluation_keys(1)
   chunk = exp.setting.t
-  outputs = {n: evaluate.imitate(im, meta[n], keys, ep.x, ep.y, ep.behaviour, chunk)
+  outputs = {n: objective.unroll(im, meta[n], keys, ep.x, ep.y, ep.behaviour, chunk)
              for n, im in exp.imitators.items()}
   names = {"imitator": kinds.label(exp.config)}
   cols = ["teacher"] + [names.get(n, n) for n in outputs]
@@ -73,7 +73,7 @@ def main(argv):
   del argv
   wd = _WORKDIR.value
   config = workdir_lib.load_config(wd, defaults=default.get_config())
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   ckpt = checkpoint.Checkpoints(wd)
   steps = ckpt.steps(best=_BEST.value)
   if not steps:

@@ -6,18 +6,18 @@
     python -m launch.trace_teacher --stream_npz=my_stream.npz --out=teacher.npz
 
 Fields left unset in `config.teacher` are drawn from the family's prior (seed
-`config.seed`, teacher `--index`). The format is documented in README ("Teacher dump").
+`config.seed`, teacher `--index`). The format is `learners.teacher_dump`'s, documented in
+README ("Teacher dump").
 """
 
 import json
 import os
 
 import jax
-import numpy as np
 from absl import flags
 
 from imitator import episodes
-from learners import learner, npz, rollout, streams
+from learners import npz, streams, teacher_dump
 from launch import cli
 
 
@@ -29,11 +29,9 @@ _STREAM_NPZ = flags.DEFINE_string(
     "config.stream; the horizon is the file's length over config.stream.batch.")
 _INDEX = flags.DEFINE_integer("index", 0, "Which teacher of the seed's sequence.")
 
-FORMAT_VERSION = 1
-
 
 def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
-  """The dump's arrays for one teacher (see README, "Teacher dump")."""
+  """The dump's arrays for teacher `index` of config.seed (`teacher_dump.record`)."""
   if stream_npz:
     data = npz.load(stream_npz)
     with config.unlocked():
@@ -47,35 +45,17 @@ def trace(config, stream_npz: str | None = None, index: int = 0) -> dict:
   hp = setting.family.member(hp, 0)
   setting.family.validate(hp)
   stream = streams.make_stream(setting.spec, k_stream, data)
-  traj = jax.jit(rollout.rollout, static_argnums=0)(setting.family, hp, init_keys[0],
-                                                    stream)
-  init = learner.init(setting.family, hp, init_keys[0])
-  fam = setting.family
-  description = {
-      "format_version": FORMAT_VERSION, "family": fam.name, "task": fam.task,
-      "x_shape": list(fam.x_shape), "out_dim": fam.out_dim, "width": fam.width,
-      "depth": fam.depth, "networks": list(fam.networks),
-      "activations": list(fam.activations), "optimizers": list(fam.optimizers),
-      "regularizers": list(fam.regularizers), "replay_size": fam.replay_size,
-      "teacher": fam.describe(hp),
-  }
-  out = {"x": stream.x, "y": stream.y, "task_id": stream.task_id,
-         "behaviour": traj.behaviour, "loss": traj.loss}
-  out = {k: np.asarray(v) for k, v in out.items()}
-  out.update(cli.flat_arrays(hp, "hparams/"))
-  out.update(cli.flat_arrays(init.params, "init_params/"))
-  out["description"] = np.asarray(json.dumps(description))
-  return out
+  return teacher_dump.record(setting.family, hp, init_keys[0], stream)
 
 
 def main(argv):
   del argv
   arrays = trace(cli.config_value(_CONFIG), _STREAM_NPZ.value, _INDEX.value)
-  with open(_OUT.value, "wb") as f:
-    np.savez(f, **arrays)
-  print(json.loads(str(arrays["description"]))["teacher"])
-  print(f"wrote {len(arrays)} arrays ({arrays['behaviour'].shape[0]} steps) to "
-        f"{os.path.abspath(_OUT.value)}")
+  teacher_dump.save(_OUT.value, arrays)
+  description = json.loads(str(arrays["description"]))
+  print(description["teacher"])
+  print(f"wrote {len(arrays)} arrays ({arrays['behaviour'].shape[0]} steps; draws: "
+        f"{', '.join(description['draws']) or 'none'}) to {os.path.abspath(_OUT.value)}")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ streams.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,13 +31,14 @@ DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 _READ_CHUNK = 4096  # examples decoded per data-source read; bounds host memory spikes
 
 
-@flax.struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class LabelledData:
-  """x [N, ...] float32 standardized; y [N] int32 in [0, n_classes)."""
+  """x [N, ...] float32 standardized; y [N] int32 in [0, n_classes) (static)."""
 
   x: jax.Array
   y: jax.Array
-  n_classes: int = flax.struct.field(pytree_node=False)
+  n_classes: int = jax.tree.static()
 
 
 # --------------------------------------------------------------------------- builders

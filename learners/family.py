@@ -46,8 +46,9 @@ FIELDS = {
 }
 DISCRETE = ("network", "activation", "optimizer", "inner_steps")
 CONTINUOUS = tuple(f for f in FIELDS if f not in DISCRETE)
-_NAMES = {"network": networks.NETWORKS, "activation": networks.ACTIVATIONS,
-          "optimizer": optimizers.OPTIMIZERS}
+# The global code tables: a coded field's value indexes its table (not a family's support).
+CODE_TABLES = {"network": networks.NETWORKS, "activation": networks.ACTIVATIONS,
+               "optimizer": optimizers.OPTIMIZERS}
 
 # Every range spans a factor of 30, so `lr_scale=1/30` moves the prior just below itself.
 LEARNING_RATES = {"sgd": (0.01, 0.3), "momentum": (0.003, 0.09),
@@ -224,7 +225,7 @@ class Family:
     hp = {}
     for field, support in (("network", self.networks), ("activation", self.activations),
                            ("optimizer", self.optimizers)):
-      codes = jnp.asarray([_NAMES[field].index(s) for s in support], jnp.int32)
+      codes = jnp.asarray([CODE_TABLES[field].index(s) for s in support], jnp.int32)
       hp[field] = codes[jax.random.randint(keys[field], (n,), 0, len(support))]
     hp["inner_steps"] = jax.random.randint(
         keys["inner_steps"], (n,), 1, self.max_inner_steps + 1).astype(jnp.int32)
@@ -321,7 +322,7 @@ class Family:
   def _validate_member(self, hp):
     where = f"family {self.name!r}"
     for field in ("network", "activation", "optimizer"):
-      names, support = _NAMES[field], getattr(self, field + "s")
+      names, support = CODE_TABLES[field], getattr(self, field + "s")
       code = hp[field]
       if code != int(code) or not 0 <= int(code) < len(names):
         raise ValueError(f"hyperparam {field}={code.item()!r} is not a valid code; "
@@ -354,8 +355,8 @@ class Family:
     for field, value in overrides.items():
       if field not in FIELDS:
         raise ValueError(f"unknown hyperparam {field!r}; fields are {list(FIELDS)}.")
-      if field in _NAMES and isinstance(value, str):
-        names = _NAMES[field]
+      if field in CODE_TABLES and isinstance(value, str):
+        names = CODE_TABLES[field]
         if value not in names:
           raise ValueError(f"unknown {field} {value!r}; allowed: {list(names)} "
                            f"(family {self.name!r} supports {list(getattr(self, field + 's'))}).")

@@ -7,8 +7,10 @@ learning), then learns from (x, y). One observation runs `inner_steps` gradient 
     (1 - r) * loss(x, y) + r * loss(replayed batch)  + penalties (L2 to anchor, EWC),
 
 then updates the Fisher estimate (from the batch gradient at the pre-update weights),
-the anchor, the replay reservoir, and applies shrink-and-perturb. Randomness (replay,
-reservoir, perturbation) comes from the member's key folded with the step number.
+the anchor, the replay reservoir, and applies shrink-and-perturb. Its only random
+numbers are the `Draws` of `draws` (replayed slots, reservoir slots, perturbation
+noise), from the member's key folded with the step number; `step(..., return_draws=True)`
+also returns them, so a dump can record every one.
 """
 
 from typing import Any, NamedTuple
@@ -75,8 +77,8 @@ def head(family: Family, hparams, out):
 def loss_from_outputs(family: Family, hparams, out, y):
   """Mean over the batch of 0.5 * ||out - y||^2, or of the cross-entropy of the head."""
   if family.task == "classification":
-    logp = jax.nn.log_softmax(out / hparams["temperature"], axis=-1)
-    return -jnp.take_along_axis(logp, y[:, None], axis=-1).mean()
+    return optax.losses.softmax_cross_entropy_with_integer_labels(
+        out / hparams["temperature"], y).mean()
   return 0.5 * jnp.sum((out - y) ** 2, axis=-1).mean()
 
 
@@ -91,21 +93,50 @@ def behave(family: Family, hparams, state: LearnerState, x):
   return head(family, hparams, outputs(family, hparams, state.params, x))
 
 
-def update(family: Family, hparams, state: LearnerState, x, y, grads=None,
-           perturbation_noise: bool = True) -> LearnerState:
-  """Learns from (x, y); `grads` may pass the data gradient at state.params if known.
-  `perturbation_noise=False` replaces shrink-and-perturb's noise by its mean, 0: the
-  best guess of an observer who cannot see the teacher's draws (and no random numbers
-  to generate)."""
-  grad_fn = jax.grad(lambda p, x, y: data_loss(family, hparams, p, x, y)[0])
-  if grads is None:
-    grads = grad_fn(state.params, x, y)
+class Draws(NamedTuple):
+  """The random numbers of one update on a batch of B examples (None where the family
+  draws none): replay_slots [B] int32, the buffer slots of the replayed batch (0 while
+  the buffer is empty); insert_slots [B] int32, the reservoir slot of each example
+  (replay_size: not stored); noise, shrink-and-perturb's N(0, 1) noise shaped like the
+  params (every network kind of the superset)."""
+
+  replay_slots: Any = None
+  insert_slots: Any = None
+  noise: Any = None
+
+
+def draws(family: Family, state: LearnerState, n: int, noise: bool = True) -> Draws:
+  """The draws of the update at `state` on n examples, from the member's key folded with
+  state.step; `noise=False` skips the perturbation noise (None)."""
   k_sample, k_insert, k_perturb = jax.random.split(
       jax.random.fold_in(state.key, state.step), 3)
   regs = family.regularizers
+  out = Draws()
+  if "replay" in regs:
+    out = out._replace(
+        replay_slots=regularizers.replay_indices(state.replay, k_sample, n),
+        insert_slots=regularizers.reservoir_slots(state.replay.count,
+                                                  state.replay.x.shape[0], k_insert, n))
+  if "shrink_perturb" in regs and noise:
+    out = out._replace(noise=regularizers.perturbation(state.params, k_perturb))
+  return out
+
+
+def update(family: Family, hparams, state: LearnerState, x, y, grads=None,
+           perturbation_noise: bool = True, drawn: Draws | None = None) -> LearnerState:
+  """Learns from (x, y); `grads` may pass the data gradient at state.params if known,
+  `drawn` the step's `draws` (drawn here if None). `perturbation_noise=False` replaces
+  shrink-and-perturb's noise by its mean, 0: the best guess of an observer who cannot see
+  the teacher's draws (and no random numbers to generate)."""
+  grad_fn = jax.grad(lambda p, x, y: data_loss(family, hparams, p, x, y)[0])
+  if grads is None:
+    grads = grad_fn(state.params, x, y)
+  if drawn is None:
+    drawn = draws(family, state, x.shape[0], noise=perturbation_noise)
+  regs = family.regularizers
 
   if "replay" in regs:
-    idx = regularizers.replay_indices(state.replay, k_sample, x.shape[0])
+    idx = drawn.replay_slots
     x_rep, y_rep = state.replay.x[idx], state.replay.y[idx]
     ratio = jnp.where(state.replay.count > 0, hparams["replay_ratio"], 0.0)
 
@@ -140,19 +171,19 @@ def update(family: Family, hparams, state: LearnerState, x, y, grads=None,
     anchor = regularizers.update_anchor(anchor, params, hparams["anchor_rate"])
   replay = state.replay
   if "replay" in regs:
-    replay = regularizers.replay_insert(replay, x, y, k_insert)
+    replay = regularizers.replay_insert(replay, x, y, drawn.insert_slots)
   if "shrink_perturb" in regs:
-    if perturbation_noise:
-      params = regularizers.shrink_perturb(params, hparams["shrink"], hparams["perturb"],
-                                           k_perturb)
-    else:
-      params = jax.tree.map(lambda w: (1.0 - hparams["shrink"]) * w, params)
+    params = regularizers.shrink_perturb(params, hparams["shrink"], hparams["perturb"],
+                                         drawn.noise)
   return LearnerState(params, opt_state, anchor, fisher, replay, state.key, state.step + 1)
 
 
-def step(family: Family, hparams, state: LearnerState, x, y):
-  """Answers x, then learns from (x, y): (state, (behaviour [B, out], loss []))."""
+def step(family: Family, hparams, state: LearnerState, x, y, return_draws: bool = False):
+  """Answers x, then learns from (x, y): (state, (behaviour [B, out], loss [])), with the
+  update's `Draws` as a third output if asked (the same numbers either way)."""
   (loss, out), grads = jax.value_and_grad(
       lambda p: data_loss(family, hparams, p, x, y), has_aux=True)(state.params)
-  state = update(family, hparams, state, x, y, grads=grads)
-  return state, (head(family, hparams, out), loss)
+  drawn = draws(family, state, x.shape[0])
+  state = update(family, hparams, state, x, y, grads=grads, drawn=drawn)
+  aux = (head(family, hparams, out), loss)
+  return state, (aux + (drawn,) if return_draws else aux)

@@ -8,23 +8,25 @@ Flat format (what `save_stream` writes):
 - `task_id [N]` int, optional (zeros);
 - `n_classes` int scalar, optional (classification; default max label + 1).
 
-A teacher dump (it has a `behaviour` key, with `x [T, B, ...]`, `y [T, B]` or
-`[T, B, k]` and `task_id [T]`) is read as the flat stream it was recorded on, so
-`--stream_npz=teacher.npz` replays a dumped teacher's stream.
+A teacher dump (`learners.teacher_dump`: it has a `behaviour` key, with `x [T, B, ...]`,
+`y [T, B]` or `[T, B, k]` and `task_id [T]`) is read as the flat stream it was recorded
+on (`teacher_dump.flat_stream`), so `--stream_npz=teacher.npz` replays a dumped
+teacher's stream.
 
 Step t of a stream takes examples t*B .. t*B + B - 1; its task_id is its first example's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from learners import teacher_dump
 from learners.stream_base import Cursor, Stream, StreamSpec
 
 
@@ -33,16 +35,17 @@ from learners.stream_base import Cursor, Stream, StreamSpec
 MAX_ABS = 1e6
 
 
-@flax.struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class NpzData:
   """x [N, ...] float32; y [N] int32 or [N, k] float32; task_id [N] int32."""
 
   x: jax.Array
   y: jax.Array
   task_id: jax.Array
-  task: str = flax.struct.field(pytree_node=False)
-  n_classes: int = flax.struct.field(pytree_node=False)  # 0 for regression
-  path: str = flax.struct.field(pytree_node=False, default="")
+  task: str = jax.tree.static()
+  n_classes: int = jax.tree.static()  # 0 for regression
+  path: str = jax.tree.static(default="")
 
 
 def load(path: str) -> NpzData:
@@ -58,7 +61,7 @@ def load(path: str) -> NpzData:
     raise ValueError(f"stream file {path!r} is not an .npz archive (write one with "
                      f"np.savez, with keys x and y).")
   with archive:
-    dump = "behaviour" in archive.files
+    dump = teacher_dump.is_dump(archive.files)
     arrays = {}
     for key in ("x", "y", "task_id", "n_classes"):
       if key not in archive.files:
@@ -74,7 +77,7 @@ def load(path: str) -> NpzData:
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
       raise fail(key, f"has dtype {a.dtype}; a real int or float array is expected.")
   if dump:
-    x, y, task_id = _flatten_dump(arrays, fail)
+    x, y, task_id = teacher_dump.flat_stream(arrays, fail)
   else:
     x, y = arrays["x"], arrays["y"]
     if x.ndim < 2:
@@ -125,24 +128,6 @@ def load(path: str) -> NpzData:
                  task_id=jnp.asarray(task_id, jnp.int32),
                  task="classification" if classification else "regression",
                  n_classes=n_classes, path=path)
-
-
-def _flatten_dump(arrays, fail):
-  """A teacher dump's x [T, B, ...], y [T, B(, k)], task_id [T] as flat arrays."""
-  x, y = arrays["x"], arrays["y"]
-  if x.ndim < 3:
-    raise fail("x", f"has shape {x.shape}; a teacher dump (it has 'behaviour') holds x "
-                    f"[T, B, ...].")
-  T, B = x.shape[:2]
-  if y.shape[:2] != (T, B) or y.ndim not in (2, 3):
-    raise fail("y", f"has shape {y.shape}; a teacher dump with x {x.shape} holds y "
-                    f"[{T}, {B}] or [{T}, {B}, k].")
-  task_id = arrays.get("task_id", np.zeros(T, np.int32))
-  if task_id.shape != (T,):
-    raise fail("task_id", f"has shape {task_id.shape}; a teacher dump holds task_id "
-                          f"[{T}].")
-  return (x.reshape((T * B,) + x.shape[2:]), y.reshape((T * B,) + y.shape[2:]),
-          np.repeat(task_id, B))
 
 
 def signature(spec: StreamSpec, data: NpzData):

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class Replay(NamedTuple):
@@ -62,9 +63,16 @@ def reservoir_slots(count, size: int, key, n: int):
   return jnp.where(c < size, c, jnp.where(j < size, j, size))
 
 
-def replay_insert(buffer: Replay, x, y, key) -> Replay:
-  size = buffer.x.shape[0]
-  slots = reservoir_slots(buffer.count, size, key, x.shape[0])
+def replay_insert(buffer: Replay, x, y, slots) -> Replay:
+  """Stores x[i], y[i] at slots[i] (`reservoir_slots`; slot `size` drops the example; of
+  two examples drawing one slot, the later is kept)."""
+  size, n = buffer.x.shape[0], x.shape[0]
+  # A scatter applies repeated indices in an unspecified order (on some backends): drop
+  # every example that a later one of the batch overwrites, so the result is defined.
+  order = jnp.arange(n)
+  overwritten = ((slots[:, None] == slots[None, :])
+                 & (order[:, None] < order[None, :])).any(1)
+  slots = jnp.where(overwritten, size, slots)
   return Replay(x=buffer.x.at[slots].set(x, mode="drop"),
                 y=buffer.y.at[slots].set(y, mode="drop"),
                 count=buffer.count + x.shape[0])
@@ -72,12 +80,12 @@ def replay_insert(buffer: Replay, x, y, key) -> Replay:
 
 def perturbation(params, key):
   """Standard normal noise shaped like params, one key per leaf."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return tree.unflatten([jax.random.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)])
+  return optax.tree.random_like(key, params)
 
 
-def shrink_perturb(params, shrink, perturb, key):
-  """w <- (1 - shrink) * w + perturb * eps, eps ~ N(0, 1)."""
-  noise = perturbation(params, key)
+def shrink_perturb(params, shrink, perturb, noise):
+  """w <- (1 - shrink) * w + perturb * eps with eps the `perturbation` noise; noise None
+  takes its mean, 0 (shrink only)."""
+  if noise is None:
+    return jax.tree.map(lambda w: (1.0 - shrink) * w, params)
   return jax.tree.map(lambda w, e: (1.0 - shrink) * w + perturb * e, params, noise)

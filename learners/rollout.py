@@ -11,32 +11,37 @@ import jax
 
 from learners import learner
 from learners.family import Family
-from learners.streams import Stream
+from learners.stream_base import Stream
 
 
 class Trajectory(NamedTuple):
   """behaviour [T, B, out]; loss [T] (on (x_t, y_t), before learning from it);
-  probe_outputs [T // probe_every, n_probes, out] read before steps 0, k, 2k, ... or None."""
+  probe_outputs [T // probe_every, n_probes, out] read before steps 0, k, 2k, ... or None;
+  draws: the `learner.Draws` of every step, leaves [T, ...] (if asked) or None."""
 
   behaviour: jax.Array
   loss: jax.Array
   probe_outputs: Any = None
+  draws: Any = None
 
 
 def rollout(family: Family, hparams, init_key, stream: Stream, probes=None,
-            probe_every: int = 1, remat: bool = False, return_state: bool = False):
-  """One teacher over one stream: Trajectory (and the final LearnerState if asked)."""
+            probe_every: int = 1, remat: bool = False, return_state: bool = False,
+            return_draws: bool = False):
+  """One teacher over one stream: Trajectory (and the final LearnerState if asked);
+  `return_draws` also records every step's random draws (the same numbers either way)."""
   state = learner.init(family, hparams, init_key)
 
   def step(state, xy):
-    return learner.step(family, hparams, state, *xy)
+    state, out = learner.step(family, hparams, state, *xy, return_draws=return_draws)
+    return state, out if return_draws else out + (None,)
 
   if remat:
     step = jax.checkpoint(step)
   xs = (stream.x, stream.y)
   if probes is None:
-    state, (behaviour, loss) = jax.lax.scan(step, state, xs)
-    traj = Trajectory(behaviour, loss)
+    state, (behaviour, loss, drawn) = jax.lax.scan(step, state, xs)
+    traj = Trajectory(behaviour, loss, draws=drawn)
   else:
     horizon = stream.x.shape[0]
     if horizon % probe_every:
@@ -46,12 +51,13 @@ def rollout(family: Family, hparams, init_key, stream: Stream, probes=None,
 
     def chunk(state, xs_chunk):
       probe_out = learner.behave(family, hparams, state, probes)
-      state, (behaviour, loss) = jax.lax.scan(step, state, xs_chunk)
-      return state, (behaviour, loss, probe_out)
+      state, (behaviour, loss, drawn) = jax.lax.scan(step, state, xs_chunk)
+      return state, (behaviour, loss, drawn, probe_out)
 
-    state, (behaviour, loss, probe_out) = jax.lax.scan(chunk, state, chunks)
-    traj = Trajectory(behaviour.reshape((horizon,) + behaviour.shape[2:]),
-                      loss.reshape(horizon), probe_out)
+    state, (behaviour, loss, drawn, probe_out) = jax.lax.scan(chunk, state, chunks)
+    unchunk = lambda a: a.reshape((horizon,) + a.shape[2:])
+    traj = Trajectory(unchunk(behaviour), unchunk(loss), probe_out,
+                      jax.tree.map(unchunk, drawn))
   return (traj, state) if return_state else traj
 
 

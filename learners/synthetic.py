@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from learners import networks
 from learners.stream_base import Cursor, Stream, StreamSpec, _check_int, input_std
@@ -110,10 +111,9 @@ def advance(spec: StreamSpec, cursor: Cursor, data: RealInputs | None, first,
                                 fresh),)
     if spec.drift:
       c = jnp.sqrt(1.0 - spec.drift**2)
-      leaves, tree = jax.tree.flatten(labellers)
-      noise = [jax.random.normal(kk, l.shape) for kk, l in
-               zip(jax.random.split(k_drift, len(leaves)), leaves)]
-      labellers = tree.unflatten([c * l + spec.drift * n for l, n in zip(leaves, noise)])
+      # N(0, 1) per leaf from split(k_drift, n_leaves) in leaf order (optax's helper).
+      noise = optax.tree.random_like(k_drift, labellers)
+      labellers = jax.tree.map(lambda l, n: c * l + spec.drift * n, labellers, noise)
     labeller = labellers[0]
     if ab:
       labeller = jax.tree.map(lambda a, b: jnp.where(task == 1, b, a), *labellers)

@@ -1,7 +1,7 @@
 """Streaming co-rollout against the materialized rollout, and resumable streams.
 
 The materialized side is written independently of `co_rollout`: `episodes.sample` rolls
-the teachers out over the whole horizon, `evaluate.imitate` runs each imitator over the
+the teachers out over the whole horizon, `objective.unroll` runs each imitator over the
 stored arrays and `references.behaviours` the reference learners; its per-step errors,
 averaged over blocks here, must equal the co-rollout's block means.
 """
@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import co_rollout, episodes, evaluate, metrics, objective, references, train
+from imitator import co_rollout, episodes, evaluate, experiment, metrics, objective
+from imitator import references
 from launch.configs import continual_digits, default, in_context, system_id
 from learners import npz, streams
 
@@ -102,7 +103,7 @@ def _materialized_blocks(exp, imitators, metas, key, n, horizon, chunk, block, i
   """Per-teacher block means of every figure the co-rollout keeps, computed from the
   materialized rollout."""
   ep = episodes.sample(exp.setting.with_horizon(horizon), exp.data, key, n, chance=True)
-  outputs = {name: evaluate.imitate(im, metas[name], im_keys, ep.x, ep.y, ep.behaviour,
+  outputs = {name: objective.unroll(im, metas[name], im_keys, ep.x, ep.y, ep.behaviour,
                                     chunk)[0] for name, im in imitators.items()}
   outputs.update(references.behaviours(exp.setting.family, ep.hparams, ep.init_keys,
                                        ep.x, ep.y))
@@ -125,7 +126,7 @@ def _imitators(exp, every):
 
 
 def _check_co_rollout(config, n=4, multiple=3, chunk=8, block=4, every=True):
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   imitators = _imitators(exp, every)
   metas = exp.init_state().meta
   horizon = multiple * exp.setting.t
@@ -208,7 +209,7 @@ def test_co_rollout_equals_the_materialized_rollout_npz_stream(tmp_path):
 
 
 def _check_streamed_training(config, n=4, window=8, every=True):
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   imitators = _imitators(exp, every)
   metas = exp.init_state().meta
   key, keys = jax.random.key(9), jax.random.split(jax.random.key(1), n)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import evaluate, train
+from imitator import evaluate, experiment, train
 from learners import npz, shifts, streams
 from launch.configs import default, digits
 
@@ -32,7 +32,7 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_battery_report_schema_table_and_plots(run, tmp_path):
   workdir, config = run
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   stream_file = str(tmp_path / "stream.npz")
   npz.save_stream(stream_file, streams.synthetic_stream(
       streams.StreamSpec(kind="linear_regression", dim=8, horizon=96), jax.random.key(7)))
@@ -106,19 +106,19 @@ def test_new_shifts_do_what_their_docs_say():
   assert shifts.apply(config, "new_task_class").stream.kind == "mlp_regression"
   assert shifts.apply(config, "digits").stream.real_inputs == "digits"
   assert shifts.apply(config, "mnist1d").stream.real_inputs == "mnist1d"
-  base = train.Experiment(config).setting.family
+  base = experiment.Experiment(config).setting.family
   for name, check in [
       ("teacher_prior", lambda f: f.learning_rate_range("sgd")[1] <= base.learning_rate_range(
           "sgd")[0] + 1e-12),
       ("out_of_family", lambda f: f.optimizers == ("adam",) and "adam" not in base.optimizers),
   ]:
-    setting, _ = evaluate.shifted_setting(train.Experiment(config), name)
+    setting, _ = evaluate.shifted_setting(experiment.Experiment(config), name)
     assert check(setting.family), name
     hp = setting.family.sample(jax.random.key(0), 256)
     if name == "teacher_prior":  # every sampled teacher is outside the training prior
       assert float(np.max(hp["learning_rate"])) <= base.learning_rate_range("sgd")[0] * 1.0001
   # Real inputs really are digits: their projection, not Gaussian draws.
-  setting, data = evaluate.shifted_setting(train.Experiment(config), "digits")
+  setting, data = evaluate.shifted_setting(experiment.Experiment(config), "digits")
   assert data is not None and data.x.shape[1] == config.stream.dim
   with pytest.raises(shifts.NotApplicable, match="already 'dataset'"):
     shifts.apply(digits.get_config(), "digits")
@@ -131,7 +131,7 @@ def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
   """Multiples past evaluate.STREAMED_ABOVE run through the co-rollout: its rows at 1x
   and 2x T_train equal the materialized battery's, and it reaches 32x."""
   workdir, config = run
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   meta = evaluate.restore_meta(exp, workdir)
   t = config.stream.horizon
   rows = {}

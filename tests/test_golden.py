@@ -17,7 +17,7 @@ import chex
 import jax
 import pytest
 
-from imitator import train
+from imitator import experiment, outer_step
 from launch.configs import default
 
 # name -> (imitator.kind, fields of its config block)
@@ -86,10 +86,10 @@ def config(name, remat=False):
   return c
 
 
-def first_step_metrics(exp: train.Experiment) -> dict:
+def first_step_metrics(exp: experiment.Experiment) -> dict:
   """{'loss/NAME' | 'grad_norm/NAME': float} of the first outer step of `exp` (from its
   initial state, so the step's metric sums are that step's values)."""
-  ts = exp.train_step_fn(exp.config.stream.horizon)(exp.place(exp.init_state()))
+  ts = outer_step.step_fn(exp, exp.config.stream.horizon)(exp.place(exp.init_state()))
   assert int(ts.count) == 1 and int(ts.bad_total) == 0  # the step was taken
   return {k: float(v) for k, v in jax.device_get(ts.sums).items()}
 
@@ -97,7 +97,7 @@ def first_step_metrics(exp: train.Experiment) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", KINDS)
 def test_one_jitted_outer_step_gives_the_recorded_loss_and_grad_norm(name):
-  got = first_step_metrics(train.Experiment(config(name)))
+  got = first_step_metrics(experiment.Experiment(config(name)))
   assert set(got) == {f"{m}/{n}" for m in ("loss", "grad_norm")
                       for n in ("imitator", "frozen", "context_only")}
   chex.assert_trees_all_close(got, GOLDEN[name], rtol=RTOL)
@@ -109,13 +109,13 @@ def test_one_jitted_outer_step_gives_the_recorded_loss_and_grad_norm(name):
 @pytest.mark.slow
 def test_the_step_without_jit_gives_the_same_numbers():
   with jax.disable_jit():
-    got = first_step_metrics(train.Experiment(config("gradient")))
+    got = first_step_metrics(experiment.Experiment(config("gradient")))
   chex.assert_trees_all_close(got, GOLDEN["gradient"], rtol=RTOL)
 
 
 if __name__ == "__main__":  # prints GOLDEN as the current code computes it
   for name in KINDS:
-    values = first_step_metrics(train.Experiment(config(name)))
+    values = first_step_metrics(experiment.Experiment(config(name)))
     print(f"    {name!r}: {{")
     for k, v in sorted(values.items()):
       print(f"        {k!r}: {v!r},")

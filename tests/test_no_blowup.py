@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import evaluate, train
+from imitator import evaluate, experiment, objective
 from launch.configs import default
 
 # The recurrent in-context and system_id kinds are checked on their trained smoke
@@ -37,7 +37,7 @@ def assert_bounded(exp, meta, strengths, multiple=4, per_teacher=None):
   output), on the teachers that themselves stay bounded; with `per_teacher`, also no
   larger than per_teacher x (1 + the largest output of the teacher imitated)."""
   imitators, metas = evaluate.with_untrained(exp, meta)
-  runs = {name: jax.jit(functools.partial(evaluate.imitate, im, chunk=exp.setting.t))
+  runs = {name: jax.jit(functools.partial(objective.unroll, im, chunk=exp.setting.t))
           for name, im in imitators.items()}
   for strength in strengths:
     setting, data = evaluate.shifted_setting(exp, f"covariate_scale:{strength!r}")
@@ -66,7 +66,7 @@ def assert_bounded(exp, meta, strengths, multiple=4, per_teacher=None):
 @pytest.mark.parametrize("kind,options", KINDS,
                          ids=lambda v: v if isinstance(v, str) else "-".join(v.values()))
 def test_every_kind_at_initial_meta_params_stays_bounded(kind, options):
-  exp = train.Experiment(_config(kind, options))
+  exp = experiment.Experiment(_config(kind, options))
   assert_bounded(exp, exp.init_state().meta, STRENGTHS)
 
 
@@ -75,7 +75,7 @@ def test_gradient_imitator_is_stable_by_construction_for_any_meta_params():
   step sizes, full tracking. Over 16 x T_train its predictions stay finite and bounded
   (the weight decay is clipped at 0, the adapted step offset is bounded, and every task
   step is safeguarded)."""
-  exp = train.Experiment(_config("gradient", {}, family="small_mixed"))
+  exp = experiment.Experiment(_config("gradient", {}, family="small_mixed"))
   meta = exp.init_state().meta
   bad = dict(meta["imitator"])
   bad["weight_decay"] = jax.tree.map(lambda v: v * 0 - 1.0, bad["weight_decay"])
@@ -92,5 +92,5 @@ def test_system_id_particles_cannot_diverge_beyond_the_stability_bound():
   at T_train at these meta-params and 2e6 on a trained smoke checkpoint)."""
   config = _config("system_id", {"mode": "both"})
   config.eval.teachers = 64
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   assert_bounded(exp, exp.init_state().meta, (8.0,), per_teacher=5.0)

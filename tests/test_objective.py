@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imitator import episodes, metrics, objective, train
+from imitator import episodes, experiment, metrics, objective
 from imitator.gradient import GradientImitator
 from imitator.in_context import InContextImitator
 
@@ -42,8 +42,8 @@ def test_windowed_unroll_equals_the_whole_unroll(name):
   im = _imitators()[name]
   meta = im.init_meta(jax.random.key(2))
   keys, xs, ys, as_ = _data()
-  whole = objective.unroll(im, meta, keys, xs, ys, as_)
-  windowed = objective.unroll(im, meta, keys, xs, ys, as_, window=6)
+  whole = objective.unroll(im, meta, keys, xs, ys, as_)[0]
+  windowed = objective.unroll(im, meta, keys, xs, ys, as_, chunk=6)[0]
   np.testing.assert_allclose(windowed, whole, atol=2e-6)
 
 
@@ -56,7 +56,7 @@ def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
 
   # Whole horizon: the plain gradient of the mean imitation error.
   def full(meta):
-    a_hat = objective.unroll(im, meta, keys, xs, ys, as_)
+    a_hat = objective.unroll(im, meta, keys, xs, ys, as_)[0]
     return metrics.step_error("regression", as_, a_hat).mean()
 
   loss, grads = objective.loss_and_grads(im, meta, keys, xs, ys, as_)
@@ -133,7 +133,7 @@ def test_remat_gives_the_same_meta_gradient(name):
   """`train.remat=True` recomputes each unroll step in the backward pass instead of
   storing it (jax.checkpoint): the training objective's loss and meta-gradient are the
   same as without it, for every kind, on teachers of default.py:smoke."""
-  exps = {remat: train.Experiment(test_golden.config(name, remat=remat))
+  exps = {remat: experiment.Experiment(test_golden.config(name, remat=remat))
           for remat in (False, True)}
   setting, data = exps[False].setting, exps[False].data
   ep = jax.jit(lambda k: episodes.sample(setting, data, k, 2))(jax.random.key(3))

@@ -15,13 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs a few outer steps on `devices` simulated CPU devices; saves meta and the HLO.
 _WORKER = """
 import sys, numpy as np, jax
-from imitator import train
+from imitator import experiment, outer_step
 from launch.configs import default
 config = default.get_config("smoke")
 config.train.teachers = 16
-exp = train.Experiment(config)
+exp = experiment.Experiment(config)
 assert exp.mesh.size == len(jax.devices()) == int(sys.argv[2])
-step = exp.train_step_fn(config.stream.horizon)
+step = outer_step.step_fn(exp, config.stream.horizon)
 ts = exp.place(exp.init_state())
 hlo = step.lower(ts).compile().as_text()
 for _ in range(5):

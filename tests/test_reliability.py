@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imitator import checkpoint, objective, train
+from imitator import checkpoint, experiment, objective, train
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def _smoke(steps=40, **train_fields):
 
 
 def _latest(config, workdir):
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   ckpt = checkpoint.Checkpoints(workdir)
   state, _ = ckpt.restore(exp.abstract_state())
   ckpt.close()
@@ -112,7 +112,7 @@ def test_nonfinite_steps_are_skipped_rolled_back_then_stopped(tmp_path, monkeypa
   message = result["message"]
   assert "['frozen']" in message and "learning_rate" in message and "grad_clip" in message
   state = _latest(config, str(tmp_path))
-  init = train.Experiment(config).init_state()
+  init = experiment.Experiment(config).init_state()
   chex.assert_trees_all_equal(state.meta["frozen"], init.meta["frozen"])  # never updated
   chex.assert_trees_all_equal_structs(state.meta["imitator"], init.meta["imitator"])
   leaves = zip(jax.tree.leaves(state.meta["imitator"]), jax.tree.leaves(init.meta["imitator"]))
@@ -133,7 +133,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"\x00garbage")
   os.makedirs(tmp_path / "checkpoints" / "60.orbax-checkpoint-tmp-1", exist_ok=True)
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   ckpt = checkpoint.Checkpoints(workdir)
   with caplog.at_level(logging.WARNING):
     state, info = ckpt.restore(exp.abstract_state())
@@ -179,7 +179,7 @@ def test_bad_config_values_are_named_with_what_is_allowed(field, value, words):
   with node.ignore_type():
     node[key] = value
   with pytest.raises(ValueError) as e:
-    train.Experiment(config)
+    experiment.Experiment(config)
   for w in words:
     assert w in str(e.value), str(e.value)
 
@@ -189,7 +189,7 @@ def test_unknown_keys_are_rejected():
   with config.train.unlocked():
     config.train.stepz = 3
   with pytest.raises(ValueError, match=r"unknown field\(s\) \['stepz'\] in config.train"):
-    train.Experiment(config)
+    experiment.Experiment(config)
 
 
 @pytest.mark.parametrize("flags,words", [
@@ -226,9 +226,9 @@ def test_old_config_json_gets_new_fields_from_defaults(tmp_path):
   from imitator import workdir
   loaded = workdir.load_config(str(tmp_path), defaults=default.get_config())
   assert loaded.train.tensorboard is False and loaded.train.steps == 7
-  train.Experiment(loaded)  # valid again
+  experiment.Experiment(loaded)  # valid again
   with pytest.raises(ValueError, match="config.train.tensorboard is missing"):
-    train.Experiment(workdir.load_config(str(tmp_path)))
+    experiment.Experiment(workdir.load_config(str(tmp_path)))
 
 
 def test_a_run_older_than_a_changed_default_keeps_the_value_it_ran_with(tmp_path):
@@ -316,7 +316,7 @@ def test_damaged_manifest_falls_back_without_event_loop_tracebacks(tmp_path, cap
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"\x00garbage")
   capfd.readouterr()
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   ckpt = checkpoint.Checkpoints(workdir)
   state, info = ckpt.restore(exp.abstract_state())
   ckpt.close()

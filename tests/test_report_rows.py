@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import episodes, evaluate, references, report, train
+from imitator import episodes, evaluate, experiment, references, report
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def test_known_hparams_is_sgd_from_zero_weights_by_hand(linear):
 
 def test_untrained_meta_is_the_initial_draw_of_training():
   config = default.get_config("smoke")
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   imitators, metas = evaluate.with_untrained(exp, {"imitator": None})
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), 0)
   expected = exp.imitators["imitator"].init_meta(key)

@@ -73,12 +73,12 @@ def test_small_meta_training_on_mixed_beats_context_only(tmp_path):
   held-out teachers of the whole family its NIE at 16 x T_train is below its
   `context_only` baseline's, the paired bootstrap interval of the ratio below 1
   (measured 0.634 [0.542, 0.731])."""
-  from imitator import evaluate, train
+  from imitator import evaluate, experiment, train
   from launch.configs import mixed
   config = mixed.get_config("smoke")
   workdir = str(tmp_path / "mixed")
   train.train_and_evaluate(config, workdir)
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   battery = evaluate.run_battery(exp, evaluate.restore_meta(exp, workdir), ["none"],
                                  log=lambda m: None, multiples=(16,))
   (ratio,) = [c for c in battery["comparisons"] if c["versus"] == "context_only"]

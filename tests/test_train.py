@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import checkpoint, episodes, evaluate, train
+from imitator import checkpoint, episodes, evaluate, experiment, outer_step, train
 from launch.configs import default, in_context, system_id
 
 import test_no_blowup  # tests/ is on sys.path (pytest's default import mode)
@@ -43,7 +43,7 @@ def test_smoke_run_beats_both_baselines_and_its_checkpoint_stays_bounded(
   assert rows["oracle"]["nie"] == 0.0
   with open(tmp_path / "eval" / "report.json") as f:
     assert json.load(f) == result["report"]
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   test_no_blowup.assert_bounded(exp, _final_meta(exp, str(tmp_path)).meta, (8.0,))
 
 
@@ -86,7 +86,7 @@ def test_stop_and_resume_equals_uninterrupted_run(tmp_path):
   first = train.train_and_evaluate(config, split, stop_at_step=12)
   assert (first["status"], first["step"]) == ("preempted", 12)
   train.train_and_evaluate(config, split)
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   a, b = _final_meta(exp, straight), _final_meta(exp, split)
   assert int(a.step) == int(b.step) == 24
   chex.assert_trees_all_equal(a, b)
@@ -100,8 +100,8 @@ def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
   """Poisoning what an imitator must not see (hyperparams, the teacher's own loss) leaves
   every imitator's loss and update unchanged: only x, y and a reach it."""
   config = default.get_config("smoke")
-  exp = train.Experiment(config)
-  clean = exp.train_step_fn(config.stream.horizon)(exp.place(exp.init_state()))
+  exp = experiment.Experiment(config)
+  clean = outer_step.step_fn(exp, config.stream.horizon)(exp.place(exp.init_state()))
   real_sample = episodes.sample
 
   def poisoned(*args, **kwargs):
@@ -110,7 +110,7 @@ def test_train_step_never_reads_teacher_hparams_or_loss(monkeypatch):
     return ep._replace(hparams=nan(ep.hparams), loss=nan(ep.loss))
 
   monkeypatch.setattr(episodes, "sample", poisoned)
-  dirty = exp.train_step_fn(config.stream.horizon)(exp.place(exp.init_state()))
+  dirty = outer_step.step_fn(exp, config.stream.horizon)(exp.place(exp.init_state()))
   assert int(dirty.bad_total) == 0
   chex.assert_trees_all_equal(clean, dirty)
 

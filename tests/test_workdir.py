@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from imitator import checkpoint, evaluate, train, workdir
+from imitator import checkpoint, evaluate, experiment, train, workdir
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def finished(tmp_path_factory):
   whose training rows launch.evaluate enriched; one imitator's NIE is not finite."""
   root = str(tmp_path_factory.mktemp("finished"))
   config = _config()
-  exp = train.Experiment(config)
+  exp = experiment.Experiment(config)
   state = exp.init_state()
   ckpt = checkpoint.Checkpoints(root, keep=config.train.keep_checkpoints)
   saved = json.loads(config.to_json_best_effort())
@@ -257,7 +257,7 @@ def test_resume_rewrites_metrics_to_the_restored_step(finished, tmp_path, monkey
   def stop(self):
     raise _Stop()
 
-  monkeypatch.setattr(train.Experiment, "validation_fn", stop)
+  monkeypatch.setattr(experiment.Experiment, "validation_fn", stop)
   with caplog.at_level(logging.WARNING), pytest.raises(_Stop):
     train.train_and_evaluate(_config(), run)
   expected = r(10) + "\n" if case == "resume_at_10" else ""
@@ -396,7 +396,7 @@ def test_unreadable_best_checkpoint_falls_back_to_the_latest(finished, tmp_path,
     for name in files:
       with open(os.path.join(d, name), "wb") as f:
         f.write(b"\x00garbage")
-  exp = train.Experiment(_config())
+  exp = experiment.Experiment(_config())
   ckpt = checkpoint.Checkpoints(run)
   with caplog.at_level(logging.WARNING):
     state, info = ckpt.restore(exp.abstract_state(), best=True)

@@ -11,9 +11,8 @@ task-switching regression stream). The argument picks the architecture:
 `linear_transformer`: decayed linear self-attention, fixed-size state.
 """
 
+from imitator.in_context import ARCHS
 from launch.configs import default
-
-ARCHS = ("recurrent", "transformer", "linear_transformer")
 
 
 def get_config(arg=None):
