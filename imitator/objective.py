@@ -1,5 +1,8 @@
 """The imitation objective: unroll an imitator beside its teachers, truncated in windows.
 
+`unroll` runs imitators over teachers' streams chunk by chunk without gradients in mind
+(evaluation's one unroll: memory for one chunk, estimates and probe predictions at chunk
+ends); `evaluation_keys` gives the imitators' initial-state keys it uses.
 `loss_and_grads` unrolls a batch of teachers' streams window by window (`window` steps;
 0 is the whole horizon). Gradients flow within a window and through the imitator's
 initial state in the first one; the state carried into later windows is a constant

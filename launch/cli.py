@@ -160,7 +160,7 @@ def run(main) -> None:
 
 def flat_arrays(tree, prefix: str = "") -> dict:
   """{'prefix' + 'a/b/c': np.ndarray} for a nested dict of arrays (the flat names of
-  teacher dumps and meta-param exports)."""
+  meta-param exports; teacher dumps name theirs with `learners.teacher_dump.flatten`)."""
   import jax
   import numpy as np
   return {prefix + jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)

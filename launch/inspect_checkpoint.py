@@ -14,7 +14,6 @@ arrays ('imitator/init/dense_0/w', ...).
 
 import json
 
-import jax
 import numpy as np
 from absl import flags
 

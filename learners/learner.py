@@ -127,7 +127,8 @@ def update(family: Family, hparams, state: LearnerState, x, y, grads=None,
   """Learns from (x, y); `grads` may pass the data gradient at state.params if known,
   `drawn` the step's `draws` (drawn here if None). `perturbation_noise=False` replaces
   shrink-and-perturb's noise by its mean, 0: the best guess of an observer who cannot see
-  the teacher's draws (and no random numbers to generate)."""
+  the teacher's draws (and no random numbers to generate); given `drawn`, its noise is
+  used as it is."""
   grad_fn = jax.grad(lambda p, x, y: data_loss(family, hparams, p, x, y)[0])
   if grads is None:
     grads = grad_fn(state.params, x, y)

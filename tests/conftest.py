@@ -1,4 +1,5 @@
-"""Test options: `--runslow` also runs tests marked slow (kept out of the default run)."""
+"""Test options: `--runslow` also runs tests marked slow (kept out of the default run);
+a test whose xdist worker crashes once is run again (see below)."""
 
 import collections
 import os
@@ -28,17 +29,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 # XLA's CPU compiler has crashed (SIGSEGV) a long-lived xdist worker mid-compile, in tests
-# that pass alone and on rerun. Under `--dist loadfile` xdist re-queues the crashed test on
-# a fresh worker; its first crash is reported as a rerun, so that run decides the outcome.
+# that pass alone and on rerun. Under `--dist loadfile` xdist re-queues the crashed test
+# (to a new worker, or to the other one if it is idle first); its first crash is reported
+# as a rerun, so that run decides the outcome.
 # A second crash of the same test fails it, and so does any crash past the session's budget
 # (far below xdist's worker-restart limit, after which re-queued tests would not run).
 CRASH_RERUNS = 2
 _crashed = collections.Counter()
 
 
+def _requeued(sched, nodeid: str) -> bool:
+  """Whether the scheduler will run `nodeid` again: it is pending in a queued work unit
+  or in one already handed to a worker."""
+  units = list(getattr(sched, "workqueue", {}).values())
+  units += [u for work in getattr(sched, "assigned_work", {}).values() for u in work.values()]
+  return any(nodeid in unit and not unit[nodeid] for unit in units)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_handlecrashitem(crashitem, report, sched):
-  requeued = any(crashitem in unit for unit in getattr(sched, "workqueue", {}).values())
+  requeued = _requeued(sched, crashitem)
   if requeued and not _crashed[crashitem] and sum(_crashed.values()) < CRASH_RERUNS:
     report.outcome = "rerun"
   _crashed[crashitem] += 1
@@ -51,5 +61,5 @@ def pytest_report_teststatus(report):
 
 def pytest_terminal_summary(terminalreporter):
   for nodeid, n in _crashed.items():
-    terminalreporter.write_line(f"{nodeid}: its worker crashed {n} time(s) (a first crash "
-                                "is rerun on a fresh worker)")
+    terminalreporter.write_line(f"{nodeid}: its worker crashed {n} time(s); after its "
+                                "first crash the test is run again")

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import co_rollout, episodes, evaluate, experiment, metrics, objective
+from imitator import co_rollout, episodes, experiment, metrics, objective
 from imitator import references
 from launch.configs import continual_digits, default, in_context, system_id
 from learners import npz, streams
