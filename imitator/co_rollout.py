@@ -115,15 +115,15 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
     state, (behaviour, loss) = jax.lax.scan(step, state, (s.x, s.y))
     return state, behaviour, loss
 
-  def run_chunk(metas, data, h, h_c, carry, first, fresh):
+  def run_chunk(metas, data, hp, hp_c, carry, first, fresh):
     """One teacher's chunk: the carry after it and its Sums (peak per chunk)."""
     cursor, teacher, chance, refs, ims = carry
     cursor, s = streams.advance(spec, cursor, data, first, chunk)
-    teacher, a, teacher_loss = follow(h, teacher, s)
-    chance, a_chance, _ = follow(h_c, chance, s)
+    teacher, a, teacher_loss = follow(hp, teacher, s)
+    chance, a_chance, _ = follow(hp_c, chance, s)
     outputs, new_refs = {}, {}
     for name, state in refs.items():
-      new_refs[name], outputs[name], _ = follow(h, state, s)
+      new_refs[name], outputs[name], _ = follow(hp, state, s)
     new_ims = {}
     for name, im in imitators.items():
       new_ims[name], outputs[name] = im.unroll(metas[name], ims[name], s.x, s.y, a,
@@ -142,19 +142,19 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
 
   @jax.jit
   def start(metas, data, stream_keys, hp, init_keys, hp_c, keys_c, imitator_keys):
-    def one(stream_key, h, init_key, h_c, key_c, im_key):
-      refs = references.initial_states(family, h, init_key) if with_references else {}
+    def one(stream_key, hp, init_key, hp_c, key_c, im_key):
+      refs = references.initial_states(family, hp, init_key) if with_references else {}
       ims = {name: im.init(metas[name], im_key) for name, im in imitators.items()}
-      carry = (streams.start(spec, stream_key, data), learner.init(family, h, init_key),
-               learner.init(family, h_c, key_c), refs, ims)
+      carry = (streams.start(spec, stream_key, data), learner.init(family, hp, init_key),
+               learner.init(family, hp_c, key_c), refs, ims)
       # The first chunk starts from `init`, which lets models skip empty memory.
-      return run_chunk(metas, data, h, h_c, carry, 0, True)
+      return run_chunk(metas, data, hp, hp_c, carry, 0, True)
     return jax.vmap(one)(stream_keys, hp, init_keys, hp_c, keys_c, imitator_keys)
 
   @functools.partial(jax.jit, static_argnums=5)
   def more(metas, data, hp, hp_c, carry, count, first):
-    def one(h, h_c, carry):
-      return jax.lax.scan(lambda c, t0: run_chunk(metas, data, h, h_c, c, t0, False), carry,
+    def one(hp, hp_c, carry):
+      return jax.lax.scan(lambda c, t0: run_chunk(metas, data, hp, hp_c, c, t0, False), carry,
                           first + jnp.arange(count) * chunk)
     carry, sums = jax.vmap(one)(hp, hp_c, carry)
     flat = lambda v: v.reshape(v.shape[0], -1)  # [P, count, blocks] -> [P, count * blocks]

@@ -94,7 +94,7 @@ SCHEMA: dict[str, Any] = {
               "nonfinite_patience": _int(1), "max_rollbacks": _int(0),
               "rollback_lr_factor": _float(0, 1, open_low=True), "tensorboard": _BOOL},
     "eval": {"seed": _int(0), "val_teachers": _int(2), "teachers": _int(2),
-             "window": _int(0)},
+             "chunk": _int(0)},
 }
 _OWN_CHECKS = ("stream", "family", "teacher")
 _CURRICULUM = r"\s*(\d+\s*@\s*\d+\s*(,\s*\d+\s*@\s*\d+\s*)*,?\s*)?"

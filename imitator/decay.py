@@ -124,7 +124,7 @@ def _split_streams(spec, data, stream_keys, probe_keys):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def teacher_rollouts(family, every: int, hparams, init_keys, stream, px):
   """Trajectories of n teachers with probe outputs [n, T // every, m, out]."""
-  return jax.vmap(lambda h, k, s, p: rollout.rollout(family, h, k, s, probes=p,
+  return jax.vmap(lambda hp, k, s, p: rollout.rollout(family, hp, k, s, probes=p,
                                                      probe_every=every))(
       hparams, init_keys, stream, px)
 

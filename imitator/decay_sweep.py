@@ -9,6 +9,8 @@ import json
 import os
 import time
 
+from absl import logging
+
 from imitator import decay, decay_report
 from imitator import workdir as workdir_lib
 from learners import decay_tasks
@@ -131,7 +133,7 @@ def _imitator(workdir: str):
   return exp, evaluate.restore_meta(exp, workdir), kinds.label(config)
 
 
-def run(config, workdir: str, imitator_workdir: str | None = None, log=print,
+def run(config, workdir: str, imitator_workdir: str | None = None,
         run_cell=decay.run_cell) -> dict:
   """Every cell of the grid (skipping those already written), then the report.
   `run_cell` is `decay.run_cell` or a stand-in with its signature (tests)."""
@@ -150,7 +152,8 @@ def run(config, workdir: str, imitator_workdir: str | None = None, log=print,
       rows[cell.id] = saved["row"]
     else:
       todo.append(cell)
-  log(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run")
+  logging.info("%d cells, %d already done, %d to run", len(cells), len(cells) - len(todo),
+               len(todo))
   data = {o.dataset: decay_tasks.load_split(o.dataset, spec, config.data_dir)
           for o in {c.overlap for c in todo if not c.overlap.synthetic}}
   imitator = _imitator(imitator_workdir) if imitator_workdir and todo else None
@@ -158,12 +161,12 @@ def run(config, workdir: str, imitator_workdir: str | None = None, log=print,
   for i, cell in enumerate(todo):
     t = time.time()
     row = run_cell(cell, spec, config.teachers, config.seed, dict(config.fit),
-                         config.learning_rate, data.get(cell.overlap.dataset), imitator)
+                   config.learning_rate, data.get(cell.overlap.dataset), imitator)
     workdir_lib.write_atomically(os.path.join(cell_dir, f"{cell.id}.json"),
                                  json.dumps({"settings": want, "row": row}))
     rows[cell.id] = row
-    log(f"[{i + 1}/{len(todo)}] {cell.id}: {decay_report.summary(row)} "
-        f"({time.time() - t:.1f}s, {time.time() - start:.0f}s so far)")
+    logging.info("[%d/%d] %s: %s (%.1fs, %.0fs so far)", i + 1, len(todo), cell.id,
+                 decay_report.summary(row), time.time() - t, time.time() - start)
   report = decay_report.write(out, [rows[c.id] for c in cells], spec)
-  log(f"wrote {out}/report.json, report.md and {len(report['plots'])} plots")
+  logging.info("wrote %s/report.json, report.md and %d plots", out, len(report["plots"]))
   return report

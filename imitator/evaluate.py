@@ -21,6 +21,7 @@ import math
 import os
 from typing import NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,8 +30,7 @@ from imitator import checkpoint, co_rollout, episodes, kinds, metrics, objective
 from imitator import references
 from imitator import report as report_lib
 from imitator.metrics import HORIZON_MULTIPLES
-from imitator.references import (BASELINES, KNOWN_HPARAMS, ORACLE, REFERENCES, TWIN,
-                                 UNTRAINED)
+from imitator.references import BASELINES, KNOWN_HPARAMS, ORACLE, REFERENCES, UNTRAINED
 from imitator import workdir as workdir_lib
 from learners import family as family_lib
 from learners import npz, rollout, shifts, streams
@@ -140,7 +140,7 @@ def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength
   """One report row: NIE over the last t_train steps before `horizon`, CI over the
   teachers of err, chance [P, T / unit] (per step, or means over blocks of `unit`
   steps); `excluded` teachers were left out (they blew up)."""
-  steps = metrics.window(horizon // unit, t_train // unit)
+  steps = metrics.figure_steps(horizon // unit, t_train // unit)
   nie, ci = metrics.nie_with_ci(err, chance, steps)
   median, median_ci = metrics.median_nie_with_ci(err, chance, steps)
   return {"imitator": name, "shift": shift, "strength": strength, "horizon": horizon,
@@ -274,7 +274,7 @@ def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None) -> l
       per_shift["note"] = (f"predictions non-finite or beyond {BLOWN_UP:g} for "
                            f"{ev.blown[label]} of {err.shape[0]} teachers")
     for h in horizons:
-      steps = metrics.window(h // u, t_train // u)
+      steps = metrics.figure_steps(h // u, t_train // u)
       with np.errstate(invalid="ignore", over="ignore"):
         gap, gap_ci = metrics.task_gap(ev.teacher_loss, ev.loss[label], steps)
       extra = {**per_shift, "task_gap": gap, "task_gap_ci": list(gap_ci)}
@@ -303,7 +303,7 @@ def comparisons(label: str, errs: dict, chance, shift, t_train, horizons,
   return [{"shift": shift, "strength": strength, "horizon": h, "imitator": label,
            "versus": versus, **metrics.paired_comparison(
                errs[label], errs[versus], chance,
-               metrics.window(h // unit, t_train // unit))}
+               metrics.figure_steps(h // unit, t_train // unit))}
           for versus in VERSUS if versus in errs for h in horizons]
 
 
@@ -365,7 +365,7 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
   return setting, data
 
 
-def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
+def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
                 multiples=HORIZON_MULTIPLES) -> dict:
   """Every imitator of `meta` and every reference on every shift at every horizon of
   `multiples` x T_train, and on every strength of `sweeps` {shift: strengths}:
@@ -416,7 +416,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
           exp, shift if strength is None else f"{shift}:{strength!r}", stream_npz)
     except shifts.NotApplicable as e:
       skipped.append({"shift": shift, "strength": strength, "reason": str(e)})
-      log(f"shift {where}: skipped ({e})")
+      logging.info("shift %s: skipped (%s)", where, e)
       continue
     horizon = t * max(multiples)
     if shift == "npz":
@@ -425,7 +425,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
     if ev.excluded == n:
       reason = f"all {n} held-out teachers blew up (behaviour non-finite or beyond {BLOWN_UP:g})"
       skipped.append({"shift": shift, "strength": strength, "reason": reason})
-      log(f"shift {where}: skipped ({reason})")
+      logging.info("shift %s: skipped (%s)", where, reason)
       continue
     horizons = [m * t for m in sorted(multiples) if m * t <= horizon] or [horizon]
     rows = rows_of(ev, shift, t, horizons, setting.family, strength)
@@ -435,12 +435,12 @@ def run_battery(exp, meta, shift_names, stream_npz=None, log=print, sweeps=None,
       curves[shift] = nie_curves(ev.err, ev.chance, t, unit=ev.unit)
     best = min((r for r in rows if r["horizon"] == horizons[-1] and r["imitator"] not in
                 (ORACLE,) + REFERENCES), key=lambda r: r["nie"])
-    log(f"shift {where}: NIE at {horizons[-1]} steps, best {best['imitator']} "
-        f"{best['nie']:.3f} ({ev.excluded} of {n} teachers excluded)")
+    logging.info("shift %s: NIE at %d steps, best %s %.3f (%d of %d teachers excluded)",
+                 where, horizons[-1], best["imitator"], best["nie"], ev.excluded, n)
   return {"results": results, "comparisons": comps, "skipped": skipped, "curves": curves}
 
 
-def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
+def forgetting(exp, meta, probes: int = 32) -> dict:
   """Tasks A and B together, then A alone: the teacher's and each imitator's loss on
   held-out B examples over time, and the gap between the two curves."""
   cfg = copy.deepcopy(exp.config)
@@ -465,8 +465,8 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
     px, py = jax.vmap(lambda k: streams.forgetting_probes(setting.spec, k, probes, data))(
         stream_keys)
     hp, init_keys = episodes.teachers(setting, k_teach, n)
-    traj = jax.vmap(lambda h, k, s, p: rollout.rollout(
-        setting.family, h, k, s, probes=p, probe_every=every))(hp, init_keys, stream, px)
+    traj = jax.vmap(lambda hp, k, s, p: rollout.rollout(
+        setting.family, hp, k, s, probes=p, probe_every=every))(hp, init_keys, stream, px)
     return stream, traj, px, py
 
   stream, traj, px, py = teachers(key)
@@ -491,7 +491,7 @@ def forgetting(exp, meta, probes: int = 32, log=print) -> dict:
                            "horizon": 4 * t,
                            "forgetting_gap": gap, "forgetting_gap_ci": list(ci),
                            "n_teachers": n})
-    log(f"forgetting: {label} gap {gap:.4f}")
+    logging.info("forgetting: %s gap %.4f", label, gap)
   return result
 
 
@@ -581,7 +581,7 @@ def final_report(exp, workdir: str) -> dict:
   n = exp.config.eval.teachers
   ep = held_out(exp.config, exp.setting, exp.data, n)
   imitators, metas = with_untrained(exp, meta)
-  errs, chance = errors_fn(imitators, exp.setting, ep, exp.config.eval.window)(metas)
+  errs, chance = errors_fn(imitators, exp.setting, ep, exp.config.eval.chunk)(metas)
   refs = references.behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
   errs.update({k: metrics.step_error(exp.setting.task, ep.behaviour, a)
                for k, a in refs.items()})
@@ -600,18 +600,18 @@ def final_report(exp, workdir: str) -> dict:
 
 
 def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
-             with_forgetting: bool = True, log=print, sweeps=None,
+             with_forgetting: bool = True, sweeps=None,
              multiples=HORIZON_MULTIPLES) -> dict:
   """The battery (and the strength sweeps {shift: strengths}) at `multiples` x T_train
   on the best checkpoint of `workdir`: report.json rows, report.md and plots under
   workdir/eval."""
   meta = restore_meta(exp, workdir)
-  battery = run_battery(exp, meta, shift_names, stream_npz, log, sweeps, multiples)
+  battery = run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples)
   rows, skipped = battery["results"], battery["skipped"]
   forget = None
   if with_forgetting:
     try:
-      forget = forgetting(exp, meta, log=log)
+      forget = forgetting(exp, meta)
       rows = rows + forget["rows"]
     except shifts.NotApplicable as e:
       skipped = skipped + [{"shift": "forgetting", "strength": None, "reason": str(e)}]

@@ -71,4 +71,4 @@ class Experiment:
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     val = jax.jit(lambda k: episodes.sample(self.setting, self.data, k, cfg.val_teachers,
                                             chance=True))(key)
-    return evaluate.errors_fn(self.imitators, self.setting, val, cfg.window)
+    return evaluate.errors_fn(self.imitators, self.setting, val, cfg.chunk)

@@ -152,7 +152,7 @@ class GradientImitator(Imitator):
     return meta
 
   def init(self, meta, key):
-    state = {"params": meta["init"], "step": jnp.zeros((), jnp.int32)}
+    state = {"params": meta["init"], "t": jnp.zeros((), jnp.int32)}
     if self.tracker == "kalman":
       state["track_cov"] = jax.tree.map(jax.vmap(jnp.diag), self._track_prior(meta))
     if self.adapt_steps:
@@ -232,7 +232,7 @@ class GradientImitator(Imitator):
       # training an unbounded offset drifts until exp() overflows.
       settle = 1.0
       if self.adapt_settle_after:
-        settle = jnp.minimum(1.0, self.adapt_settle_after / (state["step"] + 1.0))
+        settle = jnp.minimum(1.0, self.adapt_settle_after / (state["t"] + 1.0))
       offset = jax.tree.map(
           lambda o, beta, g, d: jnp.clip(o - settle * beta * jnp.sum(g * d) / (
               jnp.sqrt(jnp.sum(g * g) + 1e-12) * jnp.sqrt(jnp.sum(d * d) + 1e-12)),
@@ -267,9 +267,9 @@ class GradientImitator(Imitator):
     new = state
     for _ in range(self.inner_steps):
       new = self._step(meta, new, x, y, a)
-    new = dict(new, step=state["step"] + 1)
+    new = dict(new, t=state["t"] + 1)
     if self.freeze_after:
-      learning = state["step"] < self.freeze_after
+      learning = state["t"] < self.freeze_after
       new = jax.tree.map(lambda n, o: jnp.where(learning, n, o), new,
-                         dict(state, step=state["step"] + 1))
+                         dict(state, t=state["t"] + 1))
     return new

@@ -14,7 +14,7 @@ prediction is read from the query token. Three architectures:
   twice per step, with the teacher's behaviour and with the label, at write strengths
   a GRU controller sets from what it has seen.
 
-`unroll` runs a window of steps in parallel (transformers) and equals stepwise
+`unroll` runs a block of steps in one parallel pass (transformers) and equals stepwise
 predict/observe (tests check both agree).
 """
 
@@ -67,13 +67,13 @@ class SoftmaxAttention(_HeadProjections):
     self.sink_k = nnx.Param(jnp.zeros((heads, d // heads)))
     self.sink_v = nnx.Param(jnp.zeros((heads, d // heads)))
 
-  def __call__(self, h, steps, k, v, key_steps, window: int):
+  def __call__(self, h, steps, k, v, key_steps, context: int):
     """h [N, D] at `steps` [N] attends to k, v [M, H, dh] at `key_steps` [M] with
-    step - window <= key_step < step; returns [N, D]."""
+    step - context <= key_step < step; returns [N, D]."""
     q = self.queries(h)
     dh = q.shape[-1]
     dist = steps[:, None] - key_steps[None, :]
-    allowed = (dist >= 1) & (dist <= window)
+    allowed = (dist >= 1) & (dist <= context)
     slopes = alibi_slopes(q.shape[1])
     scores = jnp.einsum("nhk,mhk->hnm", q, k) / math.sqrt(dh)
     scores = scores - slopes[:, None, None] * dist[None].astype(scores.dtype)
@@ -275,7 +275,7 @@ class InContextImitator(Imitator):
     steps = jnp.concatenate([state["steps"], e_steps], 0)[-n:]
     return dict(state, k=k, v=v, steps=steps, t=last_step + 1)
 
-  def _window(self, meta, state, xs, ys, as_, fresh=False):
+  def _parallel_pass(self, meta, state, xs, ys, as_, fresh=False):
     """Parallel pass over L steps: (state after them, a_hat [L, B, out])."""
     net = self._net(meta)
     L, B = xs.shape[:2]
@@ -335,12 +335,12 @@ class InContextImitator(Imitator):
   def observe(self, meta, state, x, y, a):
     if self.arch == "recurrent":
       return self._recurrent_observe(meta, state, x, y, a)
-    return self._window(meta, state, x[None], y[None], a[None])[0]
+    return self._parallel_pass(meta, state, x[None], y[None], a[None])[0]
 
   def unroll(self, meta, state, xs, ys, as_, fresh: bool = False):
     if self.arch == "recurrent":
       return super().unroll(meta, state, xs, ys, as_)
-    fn = functools.partial(self._window, fresh=fresh)
+    fn = functools.partial(self._parallel_pass, fresh=fresh)
     if self.remat:
       fn = jax.checkpoint(fn)
     return fn(meta, state, xs, ys, as_)

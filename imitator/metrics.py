@@ -48,7 +48,7 @@ def argmax_agreement(a, a_hat):
   return (jnp.argmax(a, axis=-1) == jnp.argmax(a_hat, axis=-1)).mean(axis=-1)
 
 
-def window(horizon: int, t_train: int) -> slice:
+def figure_steps(horizon: int, t_train: int) -> slice:
   """Steps of the figure "at horizon H": the last t_train steps before H."""
   return slice(max(horizon - t_train, 0), horizon)
 

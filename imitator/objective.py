@@ -3,8 +3,8 @@
 `unroll` runs imitators over teachers' streams chunk by chunk without gradients in mind
 (evaluation's one unroll: memory for one chunk, estimates and probe predictions at chunk
 ends); `evaluation_keys` gives the imitators' initial-state keys it uses.
-`loss_and_grads` unrolls a batch of teachers' streams window by window (`window` steps;
-0 is the whole horizon). Gradients flow within a window and through the imitator's
+`loss_and_grads` unrolls a batch of teachers' streams window by window (`truncation`
+steps, train.truncation; 0 is the whole horizon). Gradients flow within a window and through the imitator's
 initial state in the first one; the state carried into later windows is a constant
 (truncated backpropagation), so memory is bounded by the window, not the horizon.
 `streamed_loss_and_grads` does the same for several imitators beside teachers whose
@@ -102,16 +102,16 @@ def _later_window(imitator, meta, states, xw, yw, aw):
       imitator, meta, jax.lax.stop_gradient(states), xw, yw, aw)
 
 
-def _check_window(window, horizon):
-  if horizon % window:
-    raise ValueError(f"train.truncation={window} must divide the horizon {horizon}.")
+def _check_truncation(truncation, horizon):
+  if horizon % truncation:
+    raise ValueError(f"train.truncation={truncation} must divide the horizon {horizon}.")
 
 
-def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
+def loss_and_grads(imitator, meta, keys, xs, ys, as_, truncation: int = 0):
   """(mean imitation loss, its gradient w.r.t. meta) over P teachers [P, T, ...]."""
   horizon = xs.shape[1]
-  window = window or horizon
-  _check_window(window, horizon)
+  window = truncation or horizon
+  _check_truncation(window, horizon)
   n = horizon // window
   (loss, states), grads = _first_window(imitator, meta, keys, xs[:, :window],
                                         ys[:, :window], as_[:, :window])
@@ -130,28 +130,29 @@ def loss_and_grads(imitator, meta, keys, xs, ys, as_, window: int = 0):
 
 
 def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, keys,
-                            n: int, window: int, place=lambda a: a) -> dict:
+                            n: int, truncation: int, place=lambda a: a) -> dict:
   """{name: (mean imitation loss, gradient w.r.t. metas[name])} of every imitator on n
   fresh teachers, the teachers and streams `episodes.sample(setting, data, key, n)`
   draws, imitator states from keys [n]. The teachers' streams are generated and rolled
-  out `window` steps at a time beside the imitators (`streams.advance`), so memory is
+  out `truncation` steps at a time beside the imitators (`streams.advance`), so memory is
   bounded by the window, data included; `place` puts each teacher-axis array on its
   device."""
   spec, family = setting.spec, setting.family
-  _check_window(window, spec.horizon)
+  window = truncation
+  _check_truncation(window, spec.horizon)
   k_teach, k_stream, _ = jax.random.split(key, 3)
   hp, init_keys = episodes.teachers(setting, k_teach, n)
   hp, init_keys = place(hp), place(init_keys)
   cursors = jax.vmap(lambda k: streams.start(spec, k, data))(
       place(jax.random.split(k_stream, n)))
-  teachers = jax.vmap(lambda h, k: learner.init(family, h, k))(hp, init_keys)
+  teachers = jax.vmap(lambda hp, k: learner.init(family, hp, k))(hp, init_keys)
 
   def teach(cursors, teachers, first):
     """The next window's streams and the teachers' behaviour on it."""
     cursors, s = jax.vmap(lambda c: streams.advance(spec, c, data, first, window))(cursors)
 
-    def follow(h, state, xs, ys):
-      step = lambda st, xy: learner.step(family, h, st, *xy)
+    def follow(hp, state, xs, ys):
+      step = lambda st, xy: learner.step(family, hp, st, *xy)
       state, (behaviour, _) = jax.lax.scan(step, state, (xs, ys))
       return state, behaviour
 

@@ -76,7 +76,7 @@ def step_fn(exp, horizon: int):
   """The jitted outer step of `exp` (an `experiment.Experiment`) at a curriculum horizon:
   TrainState -> TrainState, replicated over the mesh; the argument is donated."""
   setting = exp.setting.with_horizon(horizon)
-  window = min(exp.config.train.truncation or horizon, horizon)
+  truncation = min(exp.config.train.truncation or horizon, horizon)
   n = exp.config.train.teachers
   sharding = NamedSharding(exp.mesh, PartitionSpec("data"))
 
@@ -86,14 +86,14 @@ def step_fn(exp, horizon: int):
                                                 ts.step), ts.rollbacks)
     k_ep, k_im = jax.random.split(key)
     im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
-    if window < horizon:  # truncated: the teachers' data is made window by window too
+    if truncation < horizon:  # the teachers' data is made window by window too
       place = lambda a: jax.lax.with_sharding_constraint(a, sharding)
       out = objective.streamed_loss_and_grads(exp.imitators, ts.meta, setting, exp.data,
-                                              k_ep, im_keys, n, window, place)
+                                              k_ep, im_keys, n, truncation, place)
     else:
       ep = episodes.sample(setting, exp.data, k_ep, n, sharding=sharding)
       out = {name: objective.loss_and_grads(im, ts.meta[name], im_keys, ep.x, ep.y,
-                                            ep.behaviour, window)
+                                            ep.behaviour, truncation)
              for name, im in exp.imitators.items()}
     # Each imitator has its own optimizer and guard: a non-finite loss or gradient
     # leaves that imitator's meta-params and optimizer state as they were.

@@ -6,6 +6,8 @@ device's teachers locally and all-reduces the meta-gradient.
 """
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh
 
 _initialized = False
@@ -24,6 +26,14 @@ def is_primary() -> bool:
   """Whether this process writes the workdir's files (config.json, metrics.jsonl,
   reports); orbax coordinates checkpoint writes across processes itself."""
   return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process; every process gets the same answer (a
+  collective: all processes must call it at the same point)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def data_mesh() -> Mesh:

@@ -29,7 +29,6 @@ teacher's random key it is that teacher, step for step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 

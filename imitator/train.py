@@ -57,7 +57,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
       while step < tcfg.steps:
         horizon = steps.horizon(step)
         ts, step = steps.step_fn(horizon)(ts), step + 1
-        last, stopping = step == tcfg.steps, preempt.requested or step == stop_at_step
+        # A signal reaches one process: all of them stop after the same step.
+        asked = parallel.any_process(preempt.requested)
+        last, stopping = step == tcfg.steps, asked or step == stop_at_step
         if _nonfinite_streak(ts, step, tcfg):
           if int(ts.rollbacks) >= tcfg.max_rollbacks:
             status, message = "diverged", _give_up(exp, run.ckpt, ts, step)
@@ -76,7 +78,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
           break
       run.ckpt.wait()  # a signal while the last checkpoint is written stops after it
       run.ckpt.close()
-      if preempt.requested and status == "finished":
+      if status == "finished" and parallel.any_process(preempt.requested):
         status = _stopped(step, workdir, "evaluate")
     log.close()
     if status != "finished":
@@ -191,13 +193,13 @@ def _checked_config(exp, workdir, restored, info, allow_change) -> tuple[str, st
       return text, "recover"
     logging.warning("%s; rewriting it from checkpoint step %d", str(e).split(";")[0],
                     int(info["step"]))
-    saved, why = info.get("config"), "recover"
+    saved, why = workdir_lib.upgrade(info.get("config")), "recover"
   else:
     why = "update"
     if saved is None and restored is not None:
       logging.warning("%s is missing; rewriting it from checkpoint step %d", path,
                       int(info["step"]))
-      saved, why = info.get("config"), "recover"
+      saved, why = workdir_lib.upgrade(info.get("config")), "recover"
   # Without a checkpoint the run starts again from step 0: nothing of it is mixed in.
   changes = (workdir_lib.config_changes(saved, _config_dict(config))
              if restored is not None else [])
@@ -326,7 +328,8 @@ class _MetricsLog:
 
 
 class _Preemption:
-  """Turns SIGTERM/SIGINT into a flag the loop polls (no work inside the handler)."""
+  """Turns SIGTERM/SIGINT into a flag the loop polls (no work inside the handler); the
+  processes of a multi-host run agree on it each step (`parallel.any_process`)."""
 
   def __init__(self):
     self.requested = False

@@ -67,8 +67,26 @@ def config_path(workdir: str) -> str:
   return os.path.join(workdir, "config.json")
 
 
+# Fields renamed since runs were written: {old dotted name: new dotted name}.
+RENAMED = {"eval.window": "eval.chunk"}
+
+
+def upgrade(saved: dict | None) -> dict | None:
+  """A saved config with its renamed fields under their current names."""
+  if saved is None:
+    return None
+  flat = traverse_util.flatten_dict(saved, keep_empty_nodes=True, sep=".")
+  if not set(RENAMED) & set(flat):
+    return saved
+  for old, new in RENAMED.items():
+    if old in flat:
+      flat.setdefault(new, flat.pop(old))
+  return traverse_util.unflatten_dict(flat, sep=".")
+
+
 def read_saved_config(workdir: str) -> dict | None:
-  """config.json as a dict; None when there is none; ValueError when it is damaged."""
+  """config.json as a dict (renamed fields under their current names); None when there
+  is none; ValueError when it is damaged."""
   path = config_path(workdir)
   saved = read_json(path, "rerun python -m launch.train with the run's command (its "
                     "command.txt) on this workdir to rewrite it from the checkpoint.")
@@ -76,7 +94,7 @@ def read_saved_config(workdir: str) -> dict | None:
     raise ValueError(f"{path} is damaged (not a JSON object); rerun python -m "
                      "launch.train with the run's command (its command.txt) on this "
                      "workdir to rewrite it from the checkpoint.")
-  return saved
+  return upgrade(saved)
 
 
 # Fields whose default changed after they were added: a run that predates the field

@@ -8,7 +8,7 @@ Sections:
 - `rollout`: teacher steps/s of `population_rollout` (one jitted call, horizon 1000) for
   P teachers of width W seeing B examples a step, its GFLOP/s against a float32 matmul
   roofline measured in the same run, and two PyTorch peers of the same learners
-  (`launch.torch_peers`): `torch_batched` and `torch_loop` (cut by a time budget and
+  (`learners.torch_peers`): `torch_batched` and `torch_loop` (cut by a time budget and
   extrapolated; the row says so). `bandwidth_gbs` is an elementwise pass over 256 MB,
   the memory side of the roofline.
   `rollout_mixed` rolls a population of the `mixed` family (every network, optimizer
@@ -42,8 +42,8 @@ from absl import flags
 from imitator import (co_rollout, episodes, evaluate, experiment, objective, outer_step,
                       references)
 from learners import family as family_lib
-from learners import rollout, streams
-from launch import cli, torch_peers
+from learners import rollout, streams, torch_peers
+from launch import cli
 from launch.configs import default, in_context, system_id
 
 _SECTIONS = flags.DEFINE_list("sections", ["rollout", "outer_step", "horizon_scaling",

@@ -2,6 +2,7 @@
 data) reported as one clear line with exit code 2 instead of a traceback."""
 
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -18,6 +19,17 @@ class _DropLibraryInfo(std_logging.Filter):
 def setup_logging() -> None:
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
   logging.set_verbosity(logging.INFO)
+
+
+def exit_interrupted(message: str, exit_code: int) -> None:
+  """Prints `message` on stderr and ends the process with `exit_code` at once, skipping
+  the interpreter's finalization: a signal can cut a JAX call short while XLA's threads
+  still run, and finalizing beside them has segfaulted (exit -11 instead of 130). The
+  callers have closed the checkpoints and the workdir lock by now."""
+  print(message, file=sys.stderr, flush=True)
+  logging.flush()
+  sys.stdout.flush()
+  os._exit(exit_code)
 
 
 def fail(message: str) -> None:
@@ -156,12 +168,3 @@ def run(main) -> None:
       fail(str(e))
 
   app.run(guarded, flags_parser=_parse_flags)
-
-
-def flat_arrays(tree, prefix: str = "") -> dict:
-  """{'prefix' + 'a/b/c': np.ndarray} for a nested dict of arrays (the flat names of
-  meta-param exports; teacher dumps name theirs with `learners.teacher_dump.flatten`)."""
-  import jax
-  import numpy as np
-  return {prefix + jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

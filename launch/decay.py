@@ -14,7 +14,7 @@ runs.
 
 import os
 
-from absl import flags, logging
+from absl import flags
 
 from imitator import decay_sweep
 from launch import cli
@@ -31,7 +31,7 @@ _IMITATOR_WORKDIR = flags.DEFINE_string(
 def main(argv):
   del argv
   config = cli.config_value(_CONFIG)
-  decay_sweep.run(config, _WORKDIR.value, _IMITATOR_WORKDIR.value, log=logging.info)
+  decay_sweep.run(config, _WORKDIR.value, _IMITATOR_WORKDIR.value)
   print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'decay', 'report.md')}",
         flush=True)
 

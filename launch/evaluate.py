@@ -23,7 +23,6 @@ all; checkpoints are only read).
 """
 
 import os
-import sys
 
 from absl import flags, logging
 
@@ -86,8 +85,7 @@ def main(argv):
     else:
       kept = (f"nothing written ({report} is as it was, checkpoints are only read); run "
               "the same command again")
-    print(f"interrupted ({e.name}) while evaluating: {kept}", file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    cli.exit_interrupted(f"interrupted ({e.name}) while evaluating: {kept}", e.exit_code)
 
 
 def _check_stream_npz(config, path):
@@ -122,7 +120,7 @@ def _evaluate(config, names, sweeps, multiples):
                     config.eval.teachers)
   exp = experiment.Experiment(config)
   evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
-                    with_forgetting=_FORGETTING.value, log=lambda m: logging.info(m),
+                    with_forgetting=_FORGETTING.value,
                     sweeps=sweeps, multiples=multiples)
   eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
   with open(os.path.join(eval_dir, "report.md")) as f:

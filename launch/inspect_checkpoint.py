@@ -19,6 +19,7 @@ from absl import flags
 
 from imitator import checkpoint, evaluate, experiment, kinds, objective, workdir as workdir_lib
 from learners import family as family_lib
+from learners import teacher_dump
 from launch import cli
 from launch.configs import default
 
@@ -33,7 +34,7 @@ _EXPORT = flags.DEFINE_string("export", None, "Write the meta-params to this .np
 def describe_tree(meta) -> str:
   lines = []
   for name, sub in meta.items():
-    arrays = cli.flat_arrays(sub)
+    arrays = teacher_dump.flatten(sub)
     total = sum(a.size for a in arrays.values())
     lines.append(f"{name}: {total:,} parameters")
     lines += [f"  {path:48s} {str(a.shape):>14s} {a.size:>8,}" for path, a in arrays.items()]
@@ -96,9 +97,7 @@ def main(argv):
   if _COMPARE.value:
     print("\n" + compare(exp, state.meta, _COMPARE_STEPS.value))
   if _EXPORT.value:
-    arrays = {}
-    for name, sub in state.meta.items():
-      arrays.update(cli.flat_arrays(sub, prefix=f"{name}/"))
+    arrays = teacher_dump.flatten(dict(state.meta))
     with open(_EXPORT.value, "wb") as f:
       np.savez(f, **arrays)
     print(f"\nwrote {len(arrays)} arrays to {_EXPORT.value}")

@@ -20,11 +20,12 @@ import os
 from absl import flags
 from ml_collections import config_dict
 
-from imitator import evaluate, kinds, metrics, report
+from imitator import kinds, metrics, references, report
 from launch import cli
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-OTHERS = evaluate.BASELINES + (evaluate.UNTRAINED, evaluate.KNOWN_HPARAMS, evaluate.TWIN)
+OTHERS = references.BASELINES + (references.UNTRAINED, references.KNOWN_HPARAMS,
+                                 references.TWIN)
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories, comma-separated.",
                               required=True)
@@ -79,7 +80,7 @@ def label(run: dict) -> str | None:
   """The trained imitator's name: the report's row that is no baseline or reference,
   else from the config."""
   rep = run["report"] or {}
-  known = OTHERS + (evaluate.ORACLE,)
+  known = OTHERS + (references.ORACLE,)
   names = [r["imitator"] for r in rep.get("results", []) if r["imitator"] not in known]
   if names:
     return names[0]
@@ -118,7 +119,7 @@ def headline(runs: list) -> list:
   head = ["run", "family", "imitator", "imitator NIE 1x", "imitator NIE 16x",
           "identified (median teacher)"] + [f"{n} NIE 1x / 16x; identified" for n in OTHERS]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  last = evaluate.HORIZON_MULTIPLES[-1]
+  last = metrics.HORIZON_MULTIPLES[-1]
   for run in runs:
     name = label(run)
     cells = [command(run), family(run), name or _na("no imitator found")]
@@ -147,7 +148,7 @@ def _battery_shifts(rep: dict) -> list:
 
 
 def shift_tables(runs: list) -> list:
-  last = evaluate.HORIZON_MULTIPLES[-1]
+  last = metrics.HORIZON_MULTIPLES[-1]
   lines = []
   for run in runs:
     lines += ["", f"NIE at 1x / {last}x T_train on every shift, {command(run)}:", ""]
@@ -188,7 +189,7 @@ def comparison_table(runs: list) -> list:
     t = rep["t_train"]
     by_key = report.rows_by(rep)
     for shift in _battery_shifts(rep):
-      for multiple in (1, evaluate.HORIZON_MULTIPLES[-1]):
+      for multiple in (1, metrics.HORIZON_MULTIPLES[-1]):
         versus = report.better_baseline(by_key, shift, None, multiple * t)
         c = versus and report.comparison(rep, shift, None, multiple * t, versus)
         if not c:

@@ -46,8 +46,7 @@ def main(argv):
       result = train.train_and_evaluate(config, workdir, command=command,
                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except checkpoint.Interrupted as e:
-    print(_interrupted_message(e, workdir), file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    cli.exit_interrupted(_interrupted_message(e, workdir), e.exit_code)
   if result["status"] == "diverged":
     print(f"error: {result['message']}", flush=True)
     sys.exit(1)

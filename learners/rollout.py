@@ -65,6 +65,6 @@ def population_rollout(family: Family, hparams, init_keys, stream: Stream,
                        shared_stream: bool = False, **kwargs):
   """vmap of `rollout` over members: hparams {field: [P]}, init_keys [P], stream [P, T, ...]
   (or one stream [T, ...] seen by all members when shared_stream)."""
-  fn = lambda h, k, s: rollout(family, h, k, s, **kwargs)
+  fn = lambda hp, k, s: rollout(family, hp, k, s, **kwargs)
   return jax.vmap(fn, in_axes=(0, 0, None if shared_stream else 0))(hparams, init_keys,
                                                                      stream)

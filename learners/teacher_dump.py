@@ -74,10 +74,12 @@ def flat_stream(arrays: dict, fail):
           np.repeat(task_id, B))
 
 
-def flatten(tree, prefix: str) -> dict:
-  """{'prefix/a/b': np.ndarray} for a nested pytree of arrays (None leaves dropped)."""
-  return {f"{prefix}/" + jax.tree_util.keystr(path, simple=True, separator="/"):
-          np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def flatten(tree, prefix: str = "") -> dict:
+  """{'prefix/a/b': np.ndarray} ('a/b' without a prefix) for a nested pytree of arrays
+  (None leaves dropped). Meta-param exports name their arrays the same way."""
+  head = f"{prefix}/" if prefix else ""
+  return {head + jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def unflatten(arrays: dict, prefix: str):

@@ -169,14 +169,13 @@ def test_a_killed_sweep_resumes_skipping_finished_cells_with_the_same_report(tmp
   config.fit.n_boot = 20
   cells = decay_sweep.grid(config)[1]
   whole, killed = tmp_path / "whole", tmp_path / "killed"
-  decay_sweep.run(config, str(whole), log=lambda m: None, run_cell=_fake_cell([]))
+  decay_sweep.run(config, str(whole), run_cell=_fake_cell([]))
   first = []
   with pytest.raises(KeyboardInterrupt):
-    decay_sweep.run(config, str(killed), log=lambda m: None,
-                    run_cell=_fake_cell(first, die_after=3))
+    decay_sweep.run(config, str(killed), run_cell=_fake_cell(first, die_after=3))
   assert sorted(os.listdir(killed / "decay" / "cells")) == sorted(f"{c}.json" for c in first)
   again = []
-  decay_sweep.run(config, str(killed), log=lambda m: None, run_cell=_fake_cell(again))
+  decay_sweep.run(config, str(killed), run_cell=_fake_cell(again))
   assert len(first) == 3 and set(again) == {c.id for c in cells} - set(first)
   assert _report(killed) == _report(whole)
   rows = _report(whole)["rows"]
@@ -189,8 +188,7 @@ def test_a_killed_sweep_resumes_skipping_finished_cells_with_the_same_report(tmp
   config.seed = 1
   more = []
   with pytest.raises(KeyboardInterrupt):
-    decay_sweep.run(config, str(killed), log=lambda m: None,
-                    run_cell=_fake_cell(more, die_after=1))
+    decay_sweep.run(config, str(killed), run_cell=_fake_cell(more, die_after=1))
   assert more == [cells[0].id]
 
 
@@ -327,7 +325,7 @@ def test_imitator_side_reports_covered_and_not_covered_cells(tmp_path):
   assert train.returncode == 0, train.stderr
   config = decay_config.get_config("smoke,imitator")
   config.widths, config.overlaps, config.sweep = "8,32", "labeller,backdoor", ""
-  report = decay_sweep.run(config, str(tmp_path / "w"), str(w0), log=lambda m: None)
+  report = decay_sweep.run(config, str(tmp_path / "w"), str(w0))
   rows = {r["cell"]: r for r in report["rows"]}
   covered = [r for r in rows.values() if r["imitator_covered"]]
   assert {r["cell"] for r in covered} == {"w32-d1-none-0-labeller", "w32-d1-l2-0.01-labeller",

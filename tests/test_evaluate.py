@@ -37,8 +37,7 @@ def test_battery_report_schema_table_and_plots(run, tmp_path):
   npz.save_stream(stream_file, streams.synthetic_stream(
       streams.StreamSpec(kind="linear_regression", dim=8, horizon=96), jax.random.key(7)))
   evaluate.evaluate(exp, workdir, ["none", "covariate_scale", "new_task_class", "npz"],
-                    stream_npz=stream_file, log=lambda m: None,
-                    sweeps={"covariate_scale": (0.5, 8.0)})
+                    stream_npz=stream_file, sweeps={"covariate_scale": (0.5, 8.0)})
   report = json.load(open(os.path.join(workdir, "eval", "report.json")))
   t = config.stream.horizon
   n = config.eval.teachers
@@ -136,8 +135,7 @@ def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
   t = config.stream.horizon
   rows = {}
   for multiples in ((1, 2), (1, 2, 32)):
-    battery = evaluate.run_battery(exp, meta, ["none"], log=lambda m: None,
-                                   multiples=multiples)
+    battery = evaluate.run_battery(exp, meta, ["none"], multiples=multiples)
     rows[multiples] = {(r["imitator"], r["horizon"]): r for r in battery["results"]}
   streamed, materialized = rows[(1, 2, 32)], rows[(1, 2)]
   assert {h for _, h in streamed} == {t, 2 * t, 32 * t}

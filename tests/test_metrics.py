@@ -44,17 +44,17 @@ def test_task_loss_and_argmax_agreement():
   np.testing.assert_allclose(metrics.argmax_agreement(pred, other), [0.5])
 
 
-def test_nie_window_and_bootstrap_ci():
+def test_nie_figure_steps_and_bootstrap_ci():
   err = np.array([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]])
   chance = np.array([[2.0, 2.0, 2.0, 2.0], [4.0, 4.0, 4.0, 4.0]])
   # Horizon 4 with t_train 2: the last two steps.
-  steps = metrics.window(4, 2)
+  steps = metrics.figure_steps(4, 2)
   assert (steps.start, steps.stop) == (2, 4)
   nie, (lo, hi) = metrics.nie_with_ci(err, chance, steps)
   assert nie == pytest.approx((3 + 4 + 1 + 0) / 4 / ((2 + 2 + 4 + 4) / 4))
   # Two teachers: per-teacher ratios are 3.5/2 and 0.5/4; every resample lies between.
   assert 0.5 / 4 - 1e-9 <= lo <= nie <= hi <= 3.5 / 2 + 1e-9
-  assert metrics.window(2, 2) == slice(0, 2)  # at T_train: the whole run
+  assert metrics.figure_steps(2, 2) == slice(0, 2)  # at T_train: the whole run
 
 
 def test_median_nie_is_not_pulled_to_zero_by_one_near_divergent_teacher():
@@ -62,7 +62,7 @@ def test_median_nie_is_not_pulled_to_zero_by_one_near_divergent_teacher():
   # (a teacher near divergence): the pooled NIE collapses, the median does not.
   chance = np.array([[2.0, 2.0]] * 4 + [[1e6, 1e6]])
   err = np.array([[1.0, 1.0]] * 4 + [[1.0, 1.0]])
-  steps = metrics.window(2, 2)
+  steps = metrics.figure_steps(2, 2)
   pooled, _ = metrics.nie_with_ci(err, chance, steps)
   assert pooled == pytest.approx(5 / (8 + 1e6))
   median, (lo, hi) = metrics.median_nie_with_ci(err, chance, steps)

@@ -83,7 +83,7 @@ def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
     total_loss += l
     total_grads = g if total_grads is None else jax.tree.map(jnp.add, total_grads, g)
   n = T // window
-  loss, grads = objective.loss_and_grads(im, meta, keys, xs, ys, as_, window=window)
+  loss, grads = objective.loss_and_grads(im, meta, keys, xs, ys, as_, truncation=window)
   np.testing.assert_allclose(loss, total_loss / n, rtol=1e-5)
   # atol: the safeguard's curvature is a difference of two losses, which float32 sums
   # in another order move by ~1e-6.
@@ -96,12 +96,12 @@ def test_truncated_gradient_is_the_mean_of_per_window_gradients(name):
              zip(jax.tree.leaves(grads), jax.tree.leaves(whole)))
 
 
-def test_window_must_divide_the_horizon():
+def test_truncation_must_divide_the_horizon():
   im = _imitators()["gradient"]
   keys, xs, ys, as_ = _data()
   with pytest.raises(ValueError, match="must divide the horizon 24"):
     objective.loss_and_grads(im, im.init_meta(jax.random.key(0)), keys, xs, ys, as_,
-                             window=7)
+                             truncation=7)
 
 
 # Recomputation fuses float32 sums in another order: measured up to 7e-7 apart (the

@@ -70,3 +70,35 @@ def test_outer_step_is_traced_once_across_steps(tmp_path, monkeypatch):
   assert result["status"] == "finished"
   # One trace of the step calls the objective once per imitator (3), never again.
   assert len(traces) == 3, traces
+
+
+def test_any_process_ors_the_flags_of_every_process(monkeypatch):
+  from jax.experimental import multihost_utils
+  from imitator import parallel
+  gathered = []
+  assert parallel.any_process(True) and not parallel.any_process(False)  # one process
+  monkeypatch.setattr(parallel.jax, "process_count", lambda: 3)
+  for others, mine, expected in [((0, 0), False, False), ((0, 1), False, True),
+                                 ((0, 0), True, True)]:
+    def allgather(x, others=others):
+      gathered.append(int(x))
+      return np.asarray([int(x), *others])
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    assert parallel.any_process(mine) is expected
+  assert gathered == [0, 0, 1]
+
+
+@pytest.mark.slow
+def test_a_signal_on_another_process_stops_this_one_after_the_same_step(tmp_path,
+                                                                         monkeypatch):
+  from imitator import parallel
+  asked = []  # the other process is signalled during step 2
+  monkeypatch.setattr(parallel, "any_process",
+                      lambda flag: asked.append(flag) or len(asked) >= 2)
+  config = default.get_config("smoke")
+  config.train.steps = 6
+  config.train.checkpoint_every = 100
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["status"] == "preempted" and result["step"] == 2
+  assert asked == [False, False]  # this process itself was never signalled
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

@@ -81,7 +81,7 @@ def test_tables_from_files_only(runs):
   assert "0.060 [0.050, 0.070]" in row_c and "n/a (no system_id/both row at 16x" in row_c
   assert "n/a (not in report)" in row_c
   # (b) every shift of run a, (c) its breaking point, (d) the better baseline.
-  assert f"| drift | 0.100 [0.090, 0.110] / 0.050 [0.040, 0.060] | 1.400" in text
+  assert "| drift | 0.100 [0.090, 0.110] / 0.050 [0.040, 0.060] | 1.400" in text
   assert "| covariate_scale |" not in text.split("Breaking points")[0]  # swept: not (b)
   assert f"| `{a}` | gradient | covariate_scale | 8 | 0.5, 8 | 64 |" in text
   # context_only has the lower NIE, so it is the better baseline at 1x and 16x.

@@ -80,7 +80,7 @@ def test_small_meta_training_on_mixed_beats_context_only(tmp_path):
   train.train_and_evaluate(config, workdir)
   exp = experiment.Experiment(config)
   battery = evaluate.run_battery(exp, evaluate.restore_meta(exp, workdir), ["none"],
-                                 log=lambda m: None, multiples=(16,))
+                                 multiples=(16,))
   (ratio,) = [c for c in battery["comparisons"] if c["versus"] == "context_only"]
   assert ratio["n_teachers"] >= 64
   assert ratio["nie_ratio_ci"][1] < 1.0, ratio

@@ -1,7 +1,7 @@
 """The PyTorch peers of the benchmark run the same teachers as our JAX rollout.
 
 Each peer's behaviour is compared with `rollout.population_rollout` on a problem built
-by `launch.torch_peers.jax_problem` (same hyperparams, initial weights and streams).
+by `learners.torch_peers.jax_problem` (same hyperparams, initial weights and streams).
 Skipped when torch (the `bench` extra) is not installed.
 """
 
@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from launch import torch_peers  # pylint: disable=wrong-import-position
+from learners import torch_peers  # pylint: disable=wrong-import-position
 
 P, WIDTH, HORIZON = 3, 8, 50
 TOL = 1e-4

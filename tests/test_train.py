@@ -5,7 +5,6 @@ import os
 
 import chex
 import jax
-import numpy as np
 import pytest
 
 from imitator import checkpoint, episodes, evaluate, experiment, outer_step, train

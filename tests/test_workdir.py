@@ -304,6 +304,18 @@ def test_config_changes_ignore_resumable_fields():
       "train.learning_rate: run 0.01, now 0.5"]
 
 
+def test_a_renamed_field_of_an_old_config_json_loads_under_its_new_name(tmp_path):
+  old = json.loads(_config().to_json_best_effort())
+  del old["eval"]["chunk"]
+  old["eval"]["window"] = 16  # its name before issue 14
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  saved = workdir.read_saved_config(str(tmp_path))
+  expected = json.loads(json.dumps(old))
+  expected["eval"]["chunk"] = expected["eval"].pop("window")
+  assert saved == expected  # the rest untouched, None placeholders included
+  assert workdir.load_config(str(tmp_path), default.get_config()).eval.chunk == 16
+
+
 def test_restart_with_another_config_exits_2_naming_the_fields(finished, tmp_path):
   run = _copy(finished, tmp_path)
   before = _contents(run)

@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       distributed=False)
 
   config.eval = dict(seed=10_000, val_teachers=32, teachers=128,
-                     window=0)  # evaluation unroll window in steps; 0 = whole horizon
+                     chunk=0)  # evaluation unrolls this many steps per call; 0 = whole horizon
 
   if "smoke" in parse_arg(arg, ("smoke",)):
     shrink_to_smoke(config)

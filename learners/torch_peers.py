@@ -1,4 +1,4 @@
-"""PyTorch peers of the teacher rollout, for `launch/benchmark.py`.
+"""PyTorch peers of the teacher rollout (`learners.rollout`), for `launch/benchmark.py`.
 
 The learners compared are SGD teachers of the family `sgd_mlp`: an MLP with one hidden
 layer of width W, tanh, NTK parametrization (h = W x / sqrt(fan_in) + b), one regression
@@ -18,16 +18,16 @@ over teachers, jitted):
   `torch.bmm`/`baddbmm`, a Python loop over steps only. The default backward is written
   by hand (fused into the in-place SGD updates under `torch.no_grad()`);
   `backward="autograd"` runs autograd on the same batched graph instead. The hand-written
-  one is the faster on CPU (P=256, W=64, B=1, 1 thread: 1.3M against 0.54M teacher
-  steps/s), so it is the default.
+  one is the faster on CPU (`python -m launch.benchmark` measures both), so it is the
+  default.
 
 Both use float32 and by default leave `torch.set_num_threads` at PyTorch's default (one
 intra-op OpenMP thread per core; JAX likewise keeps its default CPU thread pool); the
 thread count used is returned under "threads". `num_threads=n` sets it for the call only
 (restored after). Tiny batched kernels gain nothing from a second thread, and on a
-machine whose cores are busy with other work PyTorch's OpenMP threads wait on each other:
-a [256, 1, 8] x [256, 8, 64] bmm then took 13 ms with 2 threads against 12 us with 1, so
-the benchmark should run on an otherwise idle machine (or report num_threads=1 too).
+machine whose cores are busy with other work PyTorch's OpenMP threads wait on each other
+(BUILD_NOTES, Speed), so the benchmark should run on an otherwise idle machine (or report
+num_threads=1 too).
 Times exclude the numpy -> torch conversion of the inputs (JAX's are timed on arrays
 already on the device) and include writing the behaviour.
 
@@ -126,7 +126,7 @@ def jax_problem(P: int, W: int, B: int, horizon: int, seed: int = 0) -> Problem:
     init_keys = jax.random.split(k_init, P)
     stream = jax.vmap(lambda k: streams.synthetic_stream(spec, k))(
         jax.random.split(k_stream, P))
-    params = jax.vmap(lambda h, k: learner.init(family, h, k).params["mlp"])(
+    params = jax.vmap(lambda hp, k: learner.init(family, hp, k).params["mlp"])(
         hparams, init_keys)
     return hparams, init_keys, stream, params
 
