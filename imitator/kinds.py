@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from imitator.episodes import Setting
 from imitator.gradient import GradientImitator
 from imitator.in_context import InContextImitator
@@ -31,6 +33,16 @@ def label(config) -> str:
   return kind
 
 
+def _built(cls, block, common: dict, **derived):
+  """cls(**common, **block, **derived): each field of the config block goes to the
+  imitator field of the same name; `derived` (from the setting) replaces the block's."""
+  args = {**block.to_dict(), **derived}
+  unknown = sorted(set(args) - {f.name for f in dataclasses.fields(cls)})
+  if unknown:
+    raise ValueError(f"config fields {unknown} are not fields of {cls.__name__}.")
+  return cls(**common, **args)
+
+
 def build(config, setting: Setting) -> dict:
   """{'imitator': the configured kind, 'frozen': ..., 'context_only': ...}."""
   kind = config.imitator.kind
@@ -40,37 +52,18 @@ def build(config, setting: Setting) -> dict:
                 out_dim=setting.family.out_dim, remat=config.train.remat)
   if kind == "gradient":
     g = config.imitator.gradient
-    main = GradientImitator(**common, **_network(setting, g), step_size=g.step_size,
-                            inner_steps=g.inner_steps, init_lr=g.init_lr,
-                            init_track=g.init_track, adapt_steps=g.adapt_steps,
-                            adapt_settle_after=(setting.t if g.adapt_settle_after is None
-                                                else g.adapt_settle_after),
-                            init_hyper_step=g.init_hyper_step, update_net=g.update_net,
-                            update_net_width=g.update_net_width, tracker=g.tracker)
+    settle = setting.t if g.adapt_settle_after is None else g.adapt_settle_after
+    main = _built(GradientImitator, g, common, **_network(setting, g),
+                  adapt_settle_after=settle)
   elif kind == "in_context":
     c = config.imitator.in_context
-    main = InContextImitator(**common, arch=c.arch, d_model=c.d_model, n_heads=c.n_heads,
-                             n_layers=c.n_layers, mlp_ratio=c.mlp_ratio,
-                             context=c.context or setting.t, batch=setting.spec.batch,
-                             d_key=c.d_key, d_value=c.d_value, hidden=c.hidden)
+    main = _built(InContextImitator, c, common, context=c.context or setting.t,
+                  batch=setting.spec.batch)
   else:
-    s = config.imitator.system_id
-    main = SystemIdImitator(**common, family=setting.family, mode=s.mode,
-                            encoder_hidden=s.encoder_hidden, max_particles=s.max_particles,
-                            init_track=s.init_track, init_refine=s.init_refine,
-                            init_temp=s.init_temp, init_forget=s.init_forget,
-                            refine_every=s.refine_every, split_groups=s.split_groups,
-                            meta_grad=s.meta_grad,
-                            batch=setting.spec.batch)
+    main = _built(SystemIdImitator, config.imitator.system_id, common,
+                  family=setting.family, batch=setting.spec.batch)
   b = config.baselines
-  net = _network(setting, b)
-  out = {"imitator": main}
-  out["frozen"] = GradientImitator(**common, **net, step_size="per_layer",
-                                   init_track=b.init_track, uses_y=False,
-                                   freeze_after=b.freeze_after, tracker=b.tracker)
-  out["context_only"] = GradientImitator(**common, **net, step_size="per_layer",
-                                         init_track=b.init_track, uses_y=False,
-                                         tracker=b.tracker)
-  return out
-
-
+  baseline = dict(**_network(setting, b), step_size="per_layer", uses_y=False)
+  return {"imitator": main,
+          "frozen": _built(GradientImitator, b, common, **baseline),
+          "context_only": _built(GradientImitator, b, common, **baseline, freeze_after=0)}

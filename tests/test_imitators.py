@@ -175,3 +175,36 @@ def test_imitator_interfaces_take_only_x_y_a():
         "self", "meta", "state", "x", "y", "a"]
   assert list(inspect.signature(objective.loss_and_grads).parameters)[:6] == [
       "imitator", "meta", "keys", "xs", "ys", "as_"]
+
+
+@pytest.mark.parametrize("kind", ["gradient", "in_context", "system_id"])
+def test_every_config_field_of_a_kind_reaches_its_imitator(kind):
+  from imitator import episodes, kinds
+  from launch.configs import default
+  config = default.get_config()
+  config.imitator.kind = kind
+  block = config.imitator[kind]
+  # A value unlike every default, for each field the setting does not decide.
+  derived = {"gradient": ("network", "width", "depth", "activation",
+                          "adapt_settle_after"),
+             "in_context": ("context",), "system_id": ()}[kind]
+  odd = {}
+  for name, value in block.items():
+    if name in derived:
+      continue
+    if isinstance(value, bool):
+      odd[name] = not value
+    elif isinstance(value, int):
+      odd[name] = 2 * value
+    elif isinstance(value, float):
+      odd[name] = value / 2
+  block.update(odd)
+  built = kinds.build(config, episodes.setting_from_config(config)[0])["imitator"]
+  assert odd and {name: getattr(built, name) for name in odd} == odd
+  config.baselines.freeze_after, config.baselines.init_track = 7, 0.25
+  built = kinds.build(config, episodes.setting_from_config(config)[0])
+  assert (built["frozen"].freeze_after, built["context_only"].freeze_after) == (7, 0)
+  assert built["frozen"].init_track == built["context_only"].init_track == 0.25
+  block["no_such_field"] = 1
+  with pytest.raises(ValueError, match="no_such_field"):
+    kinds.build(config, episodes.setting_from_config(config)[0])
