@@ -86,9 +86,11 @@ def saved_steps(workdir: str, best: bool = False) -> list[int]:
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-class Interrupted(BaseException):
-  """SIGTERM or SIGINT received under `interruptible()` (a BaseException, like
-  KeyboardInterrupt: no `except Exception` swallows it). The process should exit with
+class Interrupted(KeyboardInterrupt):
+  """SIGTERM or SIGINT received under `interruptible()`. A KeyboardInterrupt, so that
+  neither `except Exception` nor asyncio swallows it: asyncio logs and drops any other
+  exception raised in its callbacks, where a signal lands while orbax restores a
+  checkpoint in an event loop. The process should exit with
   `exit_code` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT). `phase` says
   what was running when the caller knows it; `completed` is set when the signal arrived
   inside an `uninterrupted()` block, which finished first."""

@@ -4,8 +4,8 @@
 (evaluation's one unroll: memory for one chunk, estimates and probe predictions at chunk
 ends); `evaluation_keys` gives the imitators' initial-state keys it uses.
 `loss_and_grads` unrolls a batch of teachers' streams window by window (`truncation`
-steps, train.truncation; 0 is the whole horizon). Gradients flow within a window and through the imitator's
-initial state in the first one; the state carried into later windows is a constant
+steps, train.truncation; 0 is the whole horizon). Gradients flow within a window and
+through the imitator's initial state in the first one; the state carried into later windows is a constant
 (truncated backpropagation), so memory is bounded by the window, not the horizon.
 `streamed_loss_and_grads` does the same for several imitators beside teachers whose
 streams are generated and rolled out window by window too, so that the episode's data
@@ -138,8 +138,7 @@ def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, ke
   bounded by the window, data included; `place` puts each teacher-axis array on its
   device."""
   spec, family = setting.spec, setting.family
-  window = truncation
-  _check_truncation(window, spec.horizon)
+  _check_truncation(truncation, spec.horizon)
   k_teach, k_stream, _ = jax.random.split(key, 3)
   hp, init_keys = episodes.teachers(setting, k_teach, n)
   hp, init_keys = place(hp), place(init_keys)
@@ -149,7 +148,7 @@ def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, ke
 
   def teach(cursors, teachers, first):
     """The next window's streams and the teachers' behaviour on it."""
-    cursors, s = jax.vmap(lambda c: streams.advance(spec, c, data, first, window))(cursors)
+    cursors, s = jax.vmap(lambda c: streams.advance(spec, c, data, first, truncation))(cursors)
 
     def follow(hp, state, xs, ys):
       step = lambda st, xy: learner.step(family, hp, st, *xy)
@@ -163,7 +162,7 @@ def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, ke
   states, losses, grads = {}, {}, {}
   for name, im in imitators.items():
     (losses[name], states[name]), grads[name] = _first_window(im, metas[name], keys, *xya)
-  count = spec.horizon // window
+  count = spec.horizon // truncation
   if count == 1:
     return {name: (losses[name], grads[name]) for name in imitators}
 
@@ -177,6 +176,6 @@ def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, ke
     return (cursors, teachers, states, losses, grads), None
 
   (_, _, _, losses, grads), _ = jax.lax.scan(
-      body, (cursors, teachers, states, losses, grads), jnp.arange(1, count) * window)
+      body, (cursors, teachers, states, losses, grads), jnp.arange(1, count) * truncation)
   return {name: (losses[name] / count, jax.tree.map(lambda g: g / count, grads[name]))
           for name in imitators}

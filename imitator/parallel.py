@@ -36,6 +36,15 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
+def agreed_flag(flag: bool, step: int, every: int) -> bool:
+  """`flag` as every process agrees on it after `step`: on one process at once; on
+  several `any_process`, asked only every `every` steps (it waits for the devices, which
+  a training loop should not do every step), so all of them act after the same step."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return step % every == 0 and any_process(flag)
+
+
 def data_mesh() -> Mesh:
   """A 1-d mesh named 'data' over every device of every process. Its axis is `Auto`
   (sharding propagated by XLA, as with a plain `Mesh`), not `make_mesh`'s default

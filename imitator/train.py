@@ -57,8 +57,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
       while step < tcfg.steps:
         horizon = steps.horizon(step)
         ts, step = steps.step_fn(horizon)(ts), step + 1
-        # A signal reaches one process: all of them stop after the same step.
-        asked = parallel.any_process(preempt.requested)
+        # A signal reaches one process: all of them stop after the same step, agreed
+        # when the loop syncs with the host anyway.
+        asked = parallel.agreed_flag(preempt.requested, step, tcfg.nonfinite_patience)
         last, stopping = step == tcfg.steps, asked or step == stop_at_step
         if _nonfinite_streak(ts, step, tcfg):
           if int(ts.rollbacks) >= tcfg.max_rollbacks:
@@ -329,7 +330,8 @@ class _MetricsLog:
 
 class _Preemption:
   """Turns SIGTERM/SIGINT into a flag the loop polls (no work inside the handler); the
-  processes of a multi-host run agree on it each step (`parallel.any_process`)."""
+  processes of a multi-host run agree on it every `nonfinite_patience` steps
+  (`parallel.agreed_flag`)."""
 
   def __init__(self):
     self.requested = False

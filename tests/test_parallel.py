@@ -86,6 +86,10 @@ def test_any_process_ors_the_flags_of_every_process(monkeypatch):
     monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
     assert parallel.any_process(mine) is expected
   assert gathered == [0, 0, 1]
+  # Several processes agree only every `every` steps; one process answers at once.
+  assert not parallel.agreed_flag(True, 5, 10) and parallel.agreed_flag(True, 10, 10)
+  monkeypatch.setattr(parallel.jax, "process_count", lambda: 1)
+  assert parallel.agreed_flag(True, 5, 10) and not parallel.agreed_flag(False, 10, 10)
 
 
 @pytest.mark.slow
@@ -93,8 +97,8 @@ def test_a_signal_on_another_process_stops_this_one_after_the_same_step(tmp_path
                                                                          monkeypatch):
   from imitator import parallel
   asked = []  # the other process is signalled during step 2
-  monkeypatch.setattr(parallel, "any_process",
-                      lambda flag: asked.append(flag) or len(asked) >= 2)
+  monkeypatch.setattr(parallel, "agreed_flag",
+                      lambda flag, step, every: asked.append(flag) or step >= 2)
   config = default.get_config("smoke")
   config.train.steps = 6
   config.train.checkpoint_every = 100

@@ -1,5 +1,6 @@
 """Runs survive kills, bad numbers and bad input (issue: reliability)."""
 
+import asyncio
 import json
 import logging
 import os
@@ -280,6 +281,22 @@ def test_a_signal_raised_where_python_ignores_exceptions_is_raised_again_later()
       while time.time() < deadline:
         time.sleep(0.01)
   assert caught.value.exit_code == 143
+
+
+def test_a_signal_raised_inside_an_asyncio_callback_reaches_the_caller():
+  # Orbax restores in an event loop; asyncio logs and drops what its callbacks raise,
+  # except KeyboardInterrupt and SystemExit.
+  loop = asyncio.new_event_loop()
+  try:
+    with pytest.raises(checkpoint.Interrupted) as caught:
+      with checkpoint.interruptible():
+        done = loop.create_future()
+        loop.call_soon(checkpoint._raise_interrupted, signal.SIGINT, None)
+        loop.call_later(0.05, done.set_result, None)
+        loop.run_until_complete(done)
+  finally:
+    loop.close()
+  assert caught.value.exit_code == 130
 
 
 @pytest.mark.slow
