@@ -21,7 +21,7 @@ Sections:
 - `eval_horizon`: evaluation at 16, 128 and 1024 x T_train on the main job's setting
   (128 held-out teachers; the gradient imitator, both baselines, `untrained` and the
   reference learners, at their initial meta-params): the streaming co-rollout
-  (`imitator.co_rollout`) timed, and beside it the materialized battery (teachers rolled
+  (`imitator.rollout.co_rollout`) timed, and beside it the materialized battery (teachers rolled
   out over the whole horizon, then the imitators), timed at 16 x and compiled only
   beyond, for its memory.
 FLOPs are counted analytically (`rollout_flops`); memory is the compiled step's buffer
@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from imitator import (co_rollout, episodes, evaluate, experiment, objective, outer_step,
-                      references)
-from learners import family as family_lib
-from learners import rollout, streams, torch_peers
+from imitator.evaluation import battery
+from imitator.rollout import co_rollout, episodes, objective, references
+from imitator.training import experiment, outer_step
 from launch import cli
 from launch.configs import default, in_context, system_id
+from learners import family as family_lib
+from learners import rollout, streams, torch_peers
 
 _SECTIONS = flags.DEFINE_list("sections", ["rollout", "outer_step", "horizon_scaling",
                                            "eval_horizon"],
@@ -230,10 +231,10 @@ def eval_horizon_rows(quick: bool):
   if quick:
     default.shrink_to_smoke(config)
   exp = experiment.Experiment(config)
-  imitators, metas = evaluate.with_untrained(exp, exp.init_state().meta)
+  imitators, metas = battery.with_untrained(exp, exp.init_state().meta)
   n, t = config.eval.teachers, exp.setting.t
   keys = objective.evaluation_keys(n)
-  key = evaluate.held_out_key(config)
+  key = battery.held_out_key(config)
   runs = sorted(imitators) + ["known_hparams", "twin"]
 
   def materialized(k, m, horizon):

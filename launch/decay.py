@@ -6,7 +6,7 @@ regularizer and overlap, and whether an imitator forgets the way its teacher doe
         --imitator_workdir=W0
 
 Writes W/decay/cells/<cell-id>.json as each cell finishes (whole or not at all), then
-W/decay/report.json, report.md and the PNGs (imitator.decay_sweep, imitator.decay_report).
+W/decay/report.json, report.md and the PNGs (imitator.decay.sweep, imitator.decay.report).
 A killed sweep run again skips the cells already written with the same settings. Bad
 grid values exit 2 with a message naming the value and what is allowed, before anything
 runs.
@@ -16,8 +16,9 @@ import os
 
 from absl import flags
 
-from imitator import decay_sweep
+from imitator.decay import sweep as decay_sweep
 from launch import cli
+from launch.configs import default
 
 _CONFIG = cli.define_config(
     os.path.join(os.path.dirname(__file__), "configs", "decay.py"), lock_config=True)
@@ -31,7 +32,8 @@ _IMITATOR_WORKDIR = flags.DEFINE_string(
 def main(argv):
   del argv
   config = cli.config_value(_CONFIG)
-  decay_sweep.run(config, _WORKDIR.value, _IMITATOR_WORKDIR.value)
+  decay_sweep.run(config, _WORKDIR.value, _IMITATOR_WORKDIR.value,
+                  imitator_defaults=default.get_config())
   print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'decay', 'report.md')}",
         flush=True)
 

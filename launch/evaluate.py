@@ -9,9 +9,9 @@ Writes workdir/eval/report.json (rows merged into the training report), report.m
 the plots nie.png, forgetting.png and sweep_<shift>.png. Shifts: none and the names of
 learners.shifts (optionally NAME:strength); --stream_npz adds the user's stream as shift
 `npz`; each --sweep evaluates a shift at several strengths (its defaults when only the
-name is given: imitator.evaluate.DEFAULT_SWEEPS). --horizons lists the horizons of the
+name is given: imitator.evaluation.battery.DEFAULT_SWEEPS). --horizons lists the horizons of the
 rows as multiples of T_train (default 1,2,4,8,16); beyond 16 x T_train teachers,
-streams and imitators run together chunk by chunk (imitator.co_rollout), in memory that
+streams and imitators run together chunk by chunk (imitator.rollout.co_rollout), in memory that
 does not grow with the horizon.
 
 The workdir is locked while evaluating (exit 2 naming the holder's pid if a training or
@@ -26,25 +26,29 @@ import os
 
 from absl import flags, logging
 
-from imitator import checkpoint, evaluate, experiment, workdir as workdir_lib
-from learners import npz, shifts, streams
+from imitator import metrics
+from imitator.evaluation import battery, evaluate
+from imitator.runtime import checkpoint
+from imitator.runtime import workdir as workdir_lib
+from imitator.training import experiment
 from launch import cli
 from launch.configs import default
+from learners import npz, shifts, streams
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.",
                                required=True)
-_SHIFTS = flags.DEFINE_list("shifts", list(evaluate.BATTERY),
+_SHIFTS = flags.DEFINE_list("shifts", list(battery.BATTERY),
                             "Shifts to evaluate (default: all).")
 _STREAM_NPZ = flags.DEFINE_string("stream_npz", None, "Also evaluate on this stream file.")
 _TEACHERS = flags.DEFINE_integer("teachers", None,
                                  "Held-out teachers per shift (default: config.eval).")
 _FORGETTING = flags.DEFINE_boolean("forgetting", True, "Run the forgetting experiment.")
 _HORIZONS = flags.DEFINE_list(
-    "horizons", [str(m) for m in evaluate.HORIZON_MULTIPLES],
+    "horizons", [str(m) for m in metrics.HORIZON_MULTIPLES],
     "Horizons of the rows, as multiples of T_train (integers >= 1).")
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "SHIFT or SHIFT:s1,s2,...: evaluate at every strength (repeatable; "
-    f"default strengths per shift: {', '.join(evaluate.DEFAULT_SWEEPS)}).")
+    f"default strengths per shift: {', '.join(battery.DEFAULT_SWEEPS)}).")
 
 
 def main(argv):
@@ -54,10 +58,10 @@ def main(argv):
     base = name.partition(":")[0]
     if base != "none" and base not in shifts.SHIFTS:
       raise ValueError(f"--shifts: unknown shift {base!r}; allowed: "
-                       f"{list(evaluate.BATTERY)}.")
+                       f"{list(battery.BATTERY)}.")
   sweeps = {}
   for text in _SWEEP.value:
-    shift, strengths = evaluate.parse_sweep(text)
+    shift, strengths = battery.parse_sweep(text)
     sweeps[shift] = tuple(sorted(set(sweeps.get(shift, ())) | set(strengths)))
   multiples = parse_horizons(_HORIZONS.value)
   if _STREAM_NPZ.value:
@@ -66,7 +70,7 @@ def main(argv):
     names.append("npz")
   if not names and not sweeps:
     raise ValueError(f"--shifts={','.join(_SHIFTS.value)!r} names no shift; allowed: "
-                     f"{list(evaluate.BATTERY)}.")
+                     f"{list(battery.BATTERY)}.")
   config = workdir_lib.load_config(_WORKDIR.value, defaults=default.get_config())
   if _STREAM_NPZ.value:
     _check_stream_npz(config, _STREAM_NPZ.value)

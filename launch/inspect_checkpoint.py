@@ -17,11 +17,16 @@ import json
 import numpy as np
 from absl import flags
 
-from imitator import checkpoint, evaluate, experiment, kinds, objective, workdir as workdir_lib
-from learners import family as family_lib
-from learners import teacher_dump
+from imitator.evaluation import battery
+from imitator.kinds import registry
+from imitator.rollout import objective
+from imitator.runtime import checkpoint
+from imitator.runtime import workdir as workdir_lib
+from imitator.training import experiment
 from launch import cli
 from launch.configs import default
+from learners import family as family_lib
+from learners import teacher_dump
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -43,12 +48,12 @@ def describe_tree(meta) -> str:
 
 def compare(exp, meta, steps: int) -> str:
   """A fresh held-out teacher and every imitator on one stream, step by step."""
-  ep = evaluate.held_out(exp.config, exp.setting, exp.data, 1)
+  ep = battery.held_out(exp.config, exp.setting, exp.data, 1)
   keys = objective.evaluation_keys(1)
   chunk = exp.setting.t
   outputs = {n: objective.unroll(im, meta[n], keys, ep.x, ep.y, ep.behaviour, chunk)
              for n, im in exp.imitators.items()}
-  names = {"imitator": kinds.label(exp.config)}
+  names = {"imitator": registry.label(exp.config)}
   cols = ["teacher"] + [names.get(n, n) for n in outputs]
   show = lambda v: (f"{float(v[0]):+.4f}" if v.shape[-1] == 1 else
                     "[" + " ".join(f"{p:.2f}" for p in np.asarray(v)[:4]) + "]")

@@ -20,7 +20,10 @@ import os
 from absl import flags
 from ml_collections import config_dict
 
-from imitator import kinds, metrics, references, report
+from imitator import metrics
+from imitator.evaluation import render
+from imitator.kinds import registry
+from imitator.rollout import references
 from launch import cli
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -85,7 +88,7 @@ def label(run: dict) -> str | None:
   if names:
     return names[0]
   try:
-    return kinds.label(config_dict.ConfigDict(run["config"]))
+    return registry.label(config_dict.ConfigDict(run["config"]))
   except (AttributeError, KeyError, TypeError, ValueError):
     return None
 
@@ -94,12 +97,12 @@ def _figure(run: dict, name: str, shift: str, multiple: int) -> str:
   """NIE [CI] of `name` at multiple x T_train (unswept), from a run with a report."""
   rep = run["report"]
   h = multiple * rep["t_train"]
-  r = report.rows_by(rep).get((name, shift, None, h))
+  r = render.rows_by(rep).get((name, shift, None, h))
   if r is None:
     evaluated = any(r["horizon"] > rep["t_train"] for r in rep["results"])
     return _na(f"no {name} row at {multiple}x" + (
         "" if evaluated else "; run launch.evaluate"))
-  return report.with_ci(r["nie"], r["nie_ci"])
+  return render.with_ci(r["nie"], r["nie_ci"])
 
 
 def _identified(run: dict, name: str) -> str:
@@ -108,7 +111,7 @@ def _identified(run: dict, name: str) -> str:
           (name, "none", None)]
   if not rows:
     return _na(f"no {name} row")
-  return report.identification(max(rows, key=lambda r: r["horizon"]), median=True)
+  return render.identification(max(rows, key=lambda r: r["horizon"]), median=True)
 
 
 def _present(run: dict, name: str) -> bool:
@@ -187,16 +190,16 @@ def comparison_table(runs: list) -> list:
       lines.append(f"| {command(run)} | {_na(run['missing']['report'])} | | | | |")
       continue
     t = rep["t_train"]
-    by_key = report.rows_by(rep)
+    by_key = render.rows_by(rep)
     for shift in _battery_shifts(rep):
       for multiple in (1, metrics.HORIZON_MULTIPLES[-1]):
-        versus = report.better_baseline(by_key, shift, None, multiple * t)
-        c = versus and report.comparison(rep, shift, None, multiple * t, versus)
+        versus = render.better_baseline(by_key, shift, None, multiple * t)
+        c = versus and render.comparison(rep, shift, None, multiple * t, versus)
         if not c:
           continue
         lines.append(f"| {command(run)} | {shift} | {multiple}x | {versus} | "
-                     f"{report.with_ci(c['nie_diff'], c['nie_diff_ci'])} | "
-                     f"{report.with_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
+                     f"{render.with_ci(c['nie_diff'], c['nie_diff_ci'])} | "
+                     f"{render.with_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
   return lines
 
 

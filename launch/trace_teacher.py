@@ -16,9 +16,9 @@ import os
 import jax
 from absl import flags
 
-from imitator import episodes
-from learners import npz, streams, teacher_dump
+from imitator.rollout import episodes
 from launch import cli
+from learners import npz, streams, teacher_dump
 
 
 _CONFIG = cli.define_config(

@@ -5,7 +5,7 @@ A run restarted on the same workdir resumes; SIGTERM/SIGINT in the training loop
 checkpoint and exit 0; before the loop (restoring, compiling) or during the final
 evaluation they exit 143/130 with one line on stderr saying what is saved and how to
 continue (nothing is lost that was saved before). On a finished workdir it says so, reprints the summary and writes nothing. A restart may
-change only the fields of imitator.workdir.RESUMABLE (steps, logging, evaluation and
+change only the fields of imitator.runtime.workdir.RESUMABLE (steps, logging, evaluation and
 checkpoint cadence, the eval block) unless --allow_config_change; a second process on a
 workdir in use exits 2 naming the holder's pid.
 """
@@ -17,7 +17,9 @@ import sys
 
 from absl import flags, logging
 
-from imitator import checkpoint, config_schema, parallel, train, workdir as workdir_lib
+from imitator.runtime import checkpoint, parallel
+from imitator.runtime import workdir as workdir_lib
+from imitator.training import config_schema, train
 from launch import cli
 
 _CONFIG = cli.define_config(

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from imitator import config_schema, episodes
+from imitator.rollout import episodes
+from imitator.training import config_schema
 from launch.configs import default
 from learners import npz
 
@@ -235,7 +236,7 @@ def test_every_shipped_config_still_validates():
       continue
     module = importlib.import_module(f"launch.configs.{name}")
     if name == "decay":  # launch.decay's grid, not a training config
-      from imitator import decay_sweep
+      from imitator.decay import sweep as decay_sweep
       for arg in (None, "smoke", "large", "imitator"):
         assert decay_sweep.grid(module.get_config(arg))[1]
       continue

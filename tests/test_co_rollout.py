@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import co_rollout, episodes, experiment, metrics, objective
-from imitator import references
+from imitator import metrics
+from imitator.rollout import co_rollout, episodes, objective, references
+from imitator.training import experiment
 from launch.configs import continual_digits, default, in_context, system_id
 from learners import npz, streams
 

@@ -12,9 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from imitator import decay, decay_fit, decay_sweep
+from imitator.decay import cell as decay
+from imitator.decay import fit as decay_fit
+from imitator.decay import sweep as decay_sweep
+from imitator.decay import tasks as decay_tasks
 from launch.configs import decay as decay_config
-from learners import decay_tasks
+from launch.configs import default as default_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAU = np.arange(0, 16 * 64 + 1, 8.0)  # phase 2 of N = 64, read every 8 steps
@@ -325,7 +328,8 @@ def test_imitator_side_reports_covered_and_not_covered_cells(tmp_path):
   assert train.returncode == 0, train.stderr
   config = decay_config.get_config("smoke,imitator")
   config.widths, config.overlaps, config.sweep = "8,32", "labeller,backdoor", ""
-  report = decay_sweep.run(config, str(tmp_path / "w"), str(w0))
+  report = decay_sweep.run(config, str(tmp_path / "w"), str(w0),
+                           imitator_defaults=default_config.get_config())
   rows = {r["cell"]: r for r in report["rows"]}
   covered = [r for r in rows.values() if r["imitator_covered"]]
   assert {r["cell"] for r in covered} == {"w32-d1-none-0-labeller", "w32-d1-l2-0.01-labeller",

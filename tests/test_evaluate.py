@@ -10,9 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import evaluate, experiment, train
-from learners import npz, shifts, streams
+from imitator import metrics
+from imitator.evaluation import battery, evaluate, figures
+from imitator.rollout import references
+from imitator.training import experiment, train
 from launch.configs import default, digits
+from learners import npz, shifts, streams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,12 +47,12 @@ def test_battery_report_schema_table_and_plots(run, tmp_path):
   assert report["t_train"] == t
   rows = {(r["imitator"], r["shift"], r["strength"], r["horizon"]): r
           for r in report["results"]}
-  names = ("gradient", "frozen", "context_only", "oracle") + evaluate.REFERENCES
+  names = ("gradient", "frozen", "context_only", "oracle") + references.REFERENCES
   for name in names:
     for shift, strength in (("none", None), ("covariate_scale", None),
                             ("new_task_class", None), ("covariate_scale", 0.5),
                             ("covariate_scale", 8.0)):
-      for m in evaluate.HORIZON_MULTIPLES:
+      for m in metrics.HORIZON_MULTIPLES:
         r = rows[(name, shift, strength, m * t)]
         assert r["n_teachers"] + r["n_teachers_excluded"] == n >= 64
         assert r["n_teachers"] > 0
@@ -76,7 +79,7 @@ def test_battery_report_schema_table_and_plots(run, tmp_path):
   assert rows[("gradient", "none", None, t)]["nie"] is not None
   comps = {(c["versus"], c["shift"], c["strength"], c["horizon"]): c
            for c in report["comparisons"]}
-  for versus in evaluate.VERSUS:
+  for versus in figures.VERSUS:
     c = comps[(versus, "covariate_scale", 8.0, 16 * t)]
     assert c["imitator"] == "gradient" and c["n_teachers"] == strong["n_teachers"]
   c = comps[("frozen", "none", None, t)]
@@ -111,13 +114,13 @@ def test_new_shifts_do_what_their_docs_say():
           "sgd")[0] + 1e-12),
       ("out_of_family", lambda f: f.optimizers == ("adam",) and "adam" not in base.optimizers),
   ]:
-    setting, _ = evaluate.shifted_setting(experiment.Experiment(config), name)
+    setting, _ = battery.shifted_setting(experiment.Experiment(config), name)
     assert check(setting.family), name
     hp = setting.family.sample(jax.random.key(0), 256)
     if name == "teacher_prior":  # every sampled teacher is outside the training prior
       assert float(np.max(hp["learning_rate"])) <= base.learning_rate_range("sgd")[0] * 1.0001
   # Real inputs really are digits: their projection, not Gaussian draws.
-  setting, data = evaluate.shifted_setting(experiment.Experiment(config), "digits")
+  setting, data = battery.shifted_setting(experiment.Experiment(config), "digits")
   assert data is not None and data.x.shape[1] == config.stream.dim
   with pytest.raises(shifts.NotApplicable, match="already 'dataset'"):
     shifts.apply(digits.get_config(), "digits")
@@ -127,7 +130,7 @@ def test_new_shifts_do_what_their_docs_say():
 
 @pytest.mark.slow
 def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
-  """Multiples past evaluate.STREAMED_ABOVE run through the co-rollout: its rows at 1x
+  """Multiples past battery.STREAMED_ABOVE run through the co-rollout: its rows at 1x
   and 2x T_train equal the materialized battery's, and it reaches 32x."""
   workdir, config = run
   exp = experiment.Experiment(config)
@@ -135,7 +138,7 @@ def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
   t = config.stream.horizon
   rows = {}
   for multiples in ((1, 2), (1, 2, 32)):
-    battery = evaluate.run_battery(exp, meta, ["none"], multiples=multiples)
+    battery = battery.run_battery(exp, meta, ["none"], multiples=multiples)
     rows[multiples] = {(r["imitator"], r["horizon"]): r for r in battery["results"]}
   streamed, materialized = rows[(1, 2, 32)], rows[(1, 2)]
   assert {h for _, h in streamed} == {t, 2 * t, 32 * t}
@@ -187,7 +190,8 @@ def test_evaluate_command_refuses_an_unknown_shift(run):
 
 def test_rows_with_hparam_estimates_and_markdown():
   """A system_id-like output (estimates per horizon) through shift_rows and markdown."""
-  from imitator import episodes, report
+  from imitator.rollout import episodes
+  from imitator.evaluation import render
   from learners import family as family_lib
   fam = family_lib.from_config({"name": "optimizers_linear"}, "regression", (3,), 1)
   P, t = 4, 8
@@ -200,7 +204,7 @@ def test_rows_with_hparam_estimates_and_markdown():
                          chance=behaviour + rng.normal(size=behaviour.shape))
   est = {f: np.stack([np.asarray(v), 2 * np.asarray(v)], 1) for f, v in hp.items()}
   outputs = {"imitator": (behaviour + 0.05, est, None), "frozen": (behaviour * 0, None, None)}
-  rows = evaluate.shift_rows("regression", {"imitator": "system_id/both"}, "none", t,
+  rows = figures.shift_rows("regression", {"imitator": "system_id/both"}, "none", t,
                              [t, 2 * t], ep, outputs, fam)
   by = {(r["imitator"], r["horizon"]): r for r in rows}
   rec = by[("system_id/both", t)]["hparam_recovery"]
@@ -208,5 +212,5 @@ def test_rows_with_hparam_estimates_and_markdown():
   assert by[("system_id/both", 2 * t)]["hparam_recovery"]["learning_rate"] == pytest.approx(
       np.log(2), rel=1e-5)  # estimates doubled by 2T
   rec["momentum"] = None  # a figure that blew up is null in report.json
-  md = report.markdown({"t_train": t, "results": rows})
+  md = render.markdown({"t_train": t, "results": rows})
   assert "hparam recovery of system_id/both" in md and "n/a" in md

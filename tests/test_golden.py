@@ -17,7 +17,7 @@ import chex
 import jax
 import pytest
 
-from imitator import experiment, outer_step
+from imitator.training import experiment, outer_step
 from launch.configs import default
 
 # name -> (imitator.kind, fields of its config block)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imitator import objective
-from imitator.gradient import GradientImitator
-from imitator.in_context import InContextImitator, LinearSelfAttention
-from imitator.system_id import SystemIdImitator
+from imitator.kinds.gradient import GradientImitator
+from imitator.kinds.in_context import InContextImitator, LinearSelfAttention
+from imitator.kinds.system_id import SystemIdImitator
+from imitator.rollout import objective
 from learners import family as family_lib
 from learners import learner, rollout, streams
 
@@ -179,7 +179,8 @@ def test_imitator_interfaces_take_only_x_y_a():
 
 @pytest.mark.parametrize("kind", ["gradient", "in_context", "system_id"])
 def test_every_config_field_of_a_kind_reaches_its_imitator(kind):
-  from imitator import episodes, kinds
+  from imitator.rollout import episodes
+  from imitator.kinds import registry
   from launch.configs import default
   config = default.get_config()
   config.imitator.kind = kind
@@ -199,12 +200,12 @@ def test_every_config_field_of_a_kind_reaches_its_imitator(kind):
     elif isinstance(value, float):
       odd[name] = value / 2
   block.update(odd)
-  built = kinds.build(config, episodes.setting_from_config(config)[0])["imitator"]
+  built = registry.build(config, episodes.setting_from_config(config)[0])["imitator"]
   assert odd and {name: getattr(built, name) for name in odd} == odd
   config.baselines.freeze_after, config.baselines.init_track = 7, 0.25
-  built = kinds.build(config, episodes.setting_from_config(config)[0])
+  built = registry.build(config, episodes.setting_from_config(config)[0])
   assert (built["frozen"].freeze_after, built["context_only"].freeze_after) == (7, 0)
   assert built["frozen"].init_track == built["context_only"].init_track == 0.25
   block["no_such_field"] = 1
   with pytest.raises(ValueError, match="no_such_field"):
-    kinds.build(config, episodes.setting_from_config(config)[0])
+    registry.build(config, episodes.setting_from_config(config)[0])

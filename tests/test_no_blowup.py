@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import evaluate, experiment, objective
+from imitator.evaluation import battery, figures
+from imitator.rollout import objective
+from imitator.training import experiment
 from launch.configs import default
 
 # The recurrent in-context and system_id kinds are checked on their trained smoke
@@ -36,14 +38,14 @@ def assert_bounded(exp, meta, strengths, multiple=4, per_teacher=None):
   stream; predictions must be finite and no larger than 100 x (1 + the largest teacher
   output), on the teachers that themselves stay bounded; with `per_teacher`, also no
   larger than per_teacher x (1 + the largest output of the teacher imitated)."""
-  imitators, metas = evaluate.with_untrained(exp, meta)
+  imitators, metas = battery.with_untrained(exp, meta)
   runs = {name: jax.jit(functools.partial(objective.unroll, im, chunk=exp.setting.t))
           for name, im in imitators.items()}
   for strength in strengths:
-    setting, data = evaluate.shifted_setting(exp, f"covariate_scale:{strength!r}")
-    ep = evaluate.held_out(exp.config, setting, data, exp.config.eval.teachers,
+    setting, data = battery.shifted_setting(exp, f"covariate_scale:{strength!r}")
+    ep = battery.held_out(exp.config, setting, data, exp.config.eval.teachers,
                            multiple * exp.setting.t)
-    keep = np.asarray(evaluate.usable_teachers(ep))
+    keep = np.asarray(figures.usable_teachers(ep))
     # SGD teachers themselves diverge on inputs 8x larger: most are excluded there.
     assert keep.sum() >= 1, f"no bounded teacher at strength {strength}"
     scale = 1.0 + np.abs(np.asarray(ep.behaviour)[keep]).max()

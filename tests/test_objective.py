@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imitator import episodes, experiment, metrics, objective
-from imitator.gradient import GradientImitator
-from imitator.in_context import InContextImitator
+from imitator import metrics
+from imitator.kinds.gradient import GradientImitator
+from imitator.kinds.in_context import InContextImitator
+from imitator.rollout import episodes, objective
+from imitator.training import experiment
 
 import test_golden  # tests/ is on sys.path (pytest's default import mode)
 
@@ -123,7 +125,7 @@ def _primitives(jaxpr):
 
 # system_id's remat program (every particle's rollout, recomputed) crashed XLA's CPU
 # compiler with a segmentation fault in a fresh-clone run of the slow suite. It wraps its
-# own scan step in `jax.checkpoint` as `imitator.base` does; that path is untested here.
+# own scan step in `jax.checkpoint` as `imitator.kinds.base` does; that path is untested here.
 REMAT_KINDS = [k for k in test_golden.KINDS if k != "system_id"]
 
 

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from imitator import objective, train
+from imitator.rollout import objective
+from imitator.training import train
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs a few outer steps on `devices` simulated CPU devices; saves meta and the HLO.
 _WORKER = """
 import sys, numpy as np, jax
-from imitator import experiment, outer_step
+from imitator.training import experiment, outer_step
 from launch.configs import default
 config = default.get_config("smoke")
 config.train.teachers = 16
@@ -74,7 +75,7 @@ def test_outer_step_is_traced_once_across_steps(tmp_path, monkeypatch):
 
 def test_any_process_ors_the_flags_of_every_process(monkeypatch):
   from jax.experimental import multihost_utils
-  from imitator import parallel
+  from imitator.runtime import parallel
   gathered = []
   assert parallel.any_process(True) and not parallel.any_process(False)  # one process
   monkeypatch.setattr(parallel.jax, "process_count", lambda: 3)
@@ -95,7 +96,7 @@ def test_any_process_ors_the_flags_of_every_process(monkeypatch):
 @pytest.mark.slow
 def test_a_signal_on_another_process_stops_this_one_after_the_same_step(tmp_path,
                                                                          monkeypatch):
-  from imitator import parallel
+  from imitator.runtime import parallel
   asked = []  # the other process is signalled during step 2
   monkeypatch.setattr(parallel, "agreed_flag",
                       lambda flag, step, every: asked.append(flag) or step >= 2)

@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imitator import checkpoint, experiment, objective, train
+from imitator.rollout import objective
+from imitator.runtime import checkpoint
+from imitator.training import experiment, train
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -224,7 +226,7 @@ def test_old_config_json_gets_new_fields_from_defaults(tmp_path):
   del saved["train"]["tensorboard"]
   saved["train"]["steps"] = 7
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  from imitator import workdir
+  from imitator.runtime import workdir
   loaded = workdir.load_config(str(tmp_path), defaults=default.get_config())
   assert loaded.train.tensorboard is False and loaded.train.steps == 7
   experiment.Experiment(loaded)  # valid again
@@ -239,7 +241,7 @@ def test_a_run_older_than_a_changed_default_keeps_the_value_it_ran_with(tmp_path
   del saved["imitator"]["gradient"]["tracker"], saved["baselines"]["tracker"]
   del saved["imitator"]["gradient"]["adapt_settle_after"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  from imitator import workdir
+  from imitator.runtime import workdir
   loaded = workdir.load_config(str(tmp_path), defaults=default.get_config())
   assert default.get_config().imitator.gradient.tracker == "kalman"  # what changed
   assert loaded.imitator.gradient.tracker == loaded.baselines.tracker == "affine"

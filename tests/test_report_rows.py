@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from imitator import episodes, evaluate, experiment, references, report
+from imitator.evaluation import battery, figures, render, report_json
+from imitator.rollout import episodes, references
+from imitator.training import experiment
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +72,7 @@ def test_known_hparams_is_sgd_from_zero_weights_by_hand(linear):
 def test_untrained_meta_is_the_initial_draw_of_training():
   config = default.get_config("smoke")
   exp = experiment.Experiment(config)
-  imitators, metas = evaluate.with_untrained(exp, {"imitator": None})
+  imitators, metas = battery.with_untrained(exp, {"imitator": None})
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 1), 0)
   expected = exp.imitators["imitator"].init_meta(key)
   assert imitators["untrained"] is exp.imitators["imitator"]
@@ -98,10 +100,10 @@ def test_rows_exclude_blown_up_teachers_and_carry_identification(linear):
   frozen = np.ones_like(a_hat)
   frozen[2, 5] = np.nan  # an imitator that blew up on one teacher
   outputs = {"imitator": (a_hat, None, None), "frozen": (frozen, None, None)}
-  keep = evaluate.usable_teachers(ep)
+  keep = figures.usable_teachers(ep)
   np.testing.assert_array_equal(keep, [False, True, True, True])
-  ep, outputs = evaluate.select_teachers(ep, outputs, keep)
-  rows = evaluate.shift_rows("regression", {"imitator": "gradient"}, "drift", 2, [2, 4, 6],
+  ep, outputs = figures.select_teachers(ep, outputs, keep)
+  rows = figures.shift_rows("regression", {"imitator": "gradient"}, "drift", 2, [2, 4, 6],
                              ep, outputs, family, strength=0.3, excluded=1)
   by = {(r["imitator"], r["horizon"]): r for r in rows}
   r = by[("gradient", 6)]
@@ -116,9 +118,9 @@ def test_rows_exclude_blown_up_teachers_and_carry_identification(linear):
   assert r["nie"] == pytest.approx(0.2 / 2)
   assert by[("oracle", 6)]["identification_step"]["step"] == 1
   assert "note" not in r and "1 of 3 teachers" in by[("frozen", 6)]["note"]
-  written = [evaluate._finite(r) for r in rows]
+  written = [report_json._finite(r) for r in rows]
   assert {r["nie"] for r in written if r["imitator"] == "frozen" and r["horizon"] == 6} == {None}
-  md = report.markdown({"t_train": 2, "results": written})
+  md = render.markdown({"t_train": 2, "results": written})
   assert "## sweep: drift" in md and "| gradient |" in md
 
 
@@ -126,7 +128,7 @@ def test_comparisons_pair_the_imitator_with_each_baseline_and_reference():
   chance = np.ones((2, 4))
   errs = {"gradient": np.ones((2, 4)), "frozen": np.array([[2.0] * 4, [4.0] * 4]),
           "context_only": np.full((2, 4), 0.5), "known_hparams": np.full((2, 4), 1.0)}
-  comps = evaluate.comparisons("gradient", errs, chance, "none", 2, [2, 4])
+  comps = figures.comparisons("gradient", errs, chance, "none", 2, [2, 4])
   by = {(c["versus"], c["horizon"]): c for c in comps}
   assert set(by) == {(v, h) for v in ("frozen", "context_only", "known_hparams")
                      for h in (2, 4)}  # untrained absent from errs: no row
@@ -161,7 +163,7 @@ def test_breaking_points_and_merged_report_keep_what_was_there(tmp_path):
       ("gradient", 2.0, t, 0.2), ("frozen", 2.0, 16 * t, 0.2), ("frozen", 8.0, 16 * t, 0.2),
       ("oracle", 2.0, 16 * t, 0.0)]] + [_row("gradient", "covariate_scale", None, t, 0.4),
                                          _row("frozen", "none", None, t, 0.4)]
-  rep = evaluate.write_report(str(tmp_path), t, new, skipped=[
+  rep = report_json.write_report(str(tmp_path), t, new, skipped=[
       {"shift": "drift", "strength": 8.0, "reason": "new"}])
   assert rep["trained_by"] == "someone" and rep["comparisons"] == old["comparisons"]
   # digits was not evaluated now: its reason stays; covariate_scale 2 now has rows.
@@ -182,7 +184,7 @@ def test_breaking_points_and_merged_report_keep_what_was_there(tmp_path):
   # The unswept covariate_scale row keeps its own table.
   assert "## shift: covariate_scale" in md
   assert "| none | 1x | frozen | -0.500 [-1.000, 0.000] | 0.500 [0.300, 0.700] |" in md
-  report.plot_sweep(rep, "covariate_scale", True, str(tmp_path / "s.png"))
+  render.plot_sweep(rep, "covariate_scale", True, str(tmp_path / "s.png"))
   assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -194,25 +196,25 @@ def test_plots_survive_huge_zero_and_non_finite_values(tmp_path):
                               "hi": np.zeros(5)}},
             "drift": {"frozen": {"steps": steps, "nie": np.full(5, np.nan),
                                  "lo": np.full(5, np.nan), "hi": np.full(5, np.nan)}}}
-  report.plot_nie(curves, 4, str(tmp_path / "nie.png"))
+  render.plot_nie(curves, 4, str(tmp_path / "nie.png"))
   assert (tmp_path / "nie.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_parse_sweep_defaults_values_and_refusals():
-  assert evaluate.parse_sweep("covariate_scale") == ("covariate_scale",
+  assert battery.parse_sweep("covariate_scale") == ("covariate_scale",
                                                      (0.25, 0.5, 1.0, 2.0, 4.0, 8.0))
-  assert evaluate.parse_sweep("drift:0.3,0.01,0.3") == ("drift", (0.01, 0.3))
-  assert evaluate.parse_sweep("label_noise:0,0.5") == ("label_noise", (0.0, 0.5))
-  for shift, sweep in evaluate.DEFAULT_SWEEPS.items():
+  assert battery.parse_sweep("drift:0.3,0.01,0.3") == ("drift", (0.01, 0.3))
+  assert battery.parse_sweep("label_noise:0,0.5") == ("label_noise", (0.0, 0.5))
+  for shift, sweep in battery.DEFAULT_SWEEPS.items():
     assert 5 <= len(sweep.strengths) <= 7 and list(sweep.strengths) == sorted(sweep.strengths)
   with pytest.raises(ValueError, match=r"--sweep=digits: 'digits' has no strength.*drift"):
-    evaluate.parse_sweep("digits")
+    battery.parse_sweep("digits")
   with pytest.raises(ValueError, match="'nope' is not a shift"):
-    evaluate.parse_sweep("nope:1")
+    battery.parse_sweep("nope:1")
   with pytest.raises(ValueError, match=r"--sweep=drift:0,x: strengths '0,x'; allowed: numbers > 0"):
-    evaluate.parse_sweep("drift:0,x")
+    battery.parse_sweep("drift:0,x")
   with pytest.raises(ValueError, match="numbers > 0"):
-    evaluate.parse_sweep("covariate_scale:0")
+    battery.parse_sweep("covariate_scale:0")
 
 
 def test_evaluate_command_refuses_a_sweep_of_a_shift_without_strength(tmp_path):

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from imitator.system_id import SystemIdImitator
+from imitator.kinds.system_id import SystemIdImitator
 from learners import family as family_lib
 from learners import learner, optimizers, rollout, streams
 
@@ -73,13 +73,14 @@ def test_small_meta_training_on_mixed_beats_context_only(tmp_path):
   held-out teachers of the whole family its NIE at 16 x T_train is below its
   `context_only` baseline's, the paired bootstrap interval of the ratio below 1
   (measured 0.634 [0.542, 0.731])."""
-  from imitator import evaluate, experiment, train
+  from imitator.evaluation import battery, evaluate
+  from imitator.training import experiment, train
   from launch.configs import mixed
   config = mixed.get_config("smoke")
   workdir = str(tmp_path / "mixed")
   train.train_and_evaluate(config, workdir)
   exp = experiment.Experiment(config)
-  battery = evaluate.run_battery(exp, evaluate.restore_meta(exp, workdir), ["none"],
+  battery = battery.run_battery(exp, evaluate.restore_meta(exp, workdir), ["none"],
                                  multiples=(16,))
   (ratio,) = [c for c in battery["comparisons"] if c["versus"] == "context_only"]
   assert ratio["n_teachers"] >= 64

@@ -1,4 +1,4 @@
-"""Tracking steps (imitator/tracking.py) against closed forms and an independent NumPy
+"""Tracking steps (imitator/kinds/tracking.py) against closed forms and an independent NumPy
 Kalman filter: the Kalman step identifies a fixed linear map in as many observations as
 it has weights, equals the full-covariance filter on a linear map with several outputs,
 starts as the affine projection, and never overshoots the observed outputs whatever
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imitator import tracking
+from imitator.kinds import tracking
 
 D = 6  # inputs; each output unit has D + 1 weights with its bias
 

@@ -7,7 +7,9 @@ import chex
 import jax
 import pytest
 
-from imitator import checkpoint, episodes, evaluate, experiment, outer_step, train
+from imitator.rollout import episodes, references
+from imitator.runtime import checkpoint
+from imitator.training import experiment, outer_step, train
 from launch.configs import default, in_context, system_id
 
 import test_no_blowup  # tests/ is on sys.path (pytest's default import mode)
@@ -35,7 +37,7 @@ def test_smoke_run_beats_both_baselines_and_its_checkpoint_stays_bounded(
   result = train.train_and_evaluate(config, str(tmp_path))
   rows = {r["imitator"]: r for r in result["report"]["results"]}
   main = [r for name, r in rows.items()
-          if name not in ("frozen", "context_only", "oracle") + evaluate.REFERENCES]
+          if name not in ("frozen", "context_only", "oracle") + references.REFERENCES]
   assert len(main) == 1
   assert main[0]["nie"] < rows["frozen"]["nie"]
   assert main[0]["nie"] < rows["context_only"]["nie"]

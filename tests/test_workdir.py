@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from imitator import checkpoint, evaluate, experiment, train, workdir
+from imitator.evaluation import report_json
+from imitator.runtime import checkpoint, workdir
+from imitator.training import experiment, train
 from launch.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +152,7 @@ def test_train_evaluate_train_again_keeps_the_report(tmp_path):
 # --------------------------------------------------------------------------- lock
 
 
-_HOLD = ("import sys, time; from imitator import workdir\n"
+_HOLD = ("import sys, time; from imitator.runtime import workdir\n"
          "with workdir.lock(sys.argv[1], 'holder'):\n"
          "  print('locked', flush=True); time.sleep(120)\n")
 
@@ -389,7 +391,7 @@ def test_rows_that_cannot_be_merged_are_kept_beside_the_report(tmp_path):
     json.dump({"t_train": 32, "results": [{"imitator": "gradient"}]}, f)  # rows lack keys
   rows = [_row("gradient", 0.3)]
   with pytest.raises(ValueError) as e:
-    evaluate.write_report(str(tmp_path), 32, rows, [], [])
+    report_json.write_report(str(tmp_path), 32, rows, [], [])
   kept = [p for p in os.listdir(tmp_path / "eval") if p.startswith("report.unmerged-")]
   assert len(kept) == 1 and str(tmp_path / "eval" / kept[0]) in str(e.value)
   assert json.load(open(tmp_path / "eval" / kept[0]))["results"] == rows

@@ -11,7 +11,7 @@ task-switching regression stream). The argument picks the architecture:
 `linear_transformer`: decayed linear self-attention, fixed-size state.
 """
 
-from imitator.in_context import ARCHS
+from imitator.kinds.in_context import ARCHS
 from launch.configs import default
 
 

@@ -1,0 +1,98 @@
+"""Evaluation of a run's checkpoint: the final report at the end of training, and the
+battery with the forgetting experiment, report.json, report.md and plots under
+workdir/eval (`launch.evaluate`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from imitator import metrics
+from imitator.evaluation import battery, figures, forgetting, render, report_json
+from imitator.kinds import registry
+from imitator.metrics import HORIZON_MULTIPLES
+from imitator.rollout import references
+from imitator.rollout.references import ORACLE
+from imitator.runtime import checkpoint, parallel
+from learners import shifts
+
+
+def restore_meta(exp, workdir: str, best: bool = True, step: int | None = None):
+  """The meta-params of a checkpoint (best by validation NIE by default)."""
+  ckpt = checkpoint.Checkpoints(workdir)
+  state, _ = ckpt.restore(exp.abstract_state(), step=step, best=best)
+  ckpt.close()
+  if state is None:
+    raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in {workdir}")
+  return state.meta
+
+
+def final_report(exp, workdir: str) -> dict:
+  """End of training: the best checkpoint at the training horizon, shift none, with the
+  references and the paired comparisons."""
+  meta = restore_meta(exp, workdir)
+  t = exp.setting.t
+  n = exp.config.eval.teachers
+  ep = battery.held_out(exp.config, exp.setting, exp.data, n)
+  imitators, metas = battery.with_untrained(exp, meta)
+  errs, chance = battery.errors_fn(imitators, exp.setting, ep, exp.config.eval.chunk)(metas)
+  refs = references.behaviours(exp.setting.family, ep.hparams, ep.init_keys, ep.x, ep.y)
+  errs.update({k: metrics.step_error(exp.setting.task, ep.behaviour, a)
+               for k, a in refs.items()})
+  keep = figures.usable_teachers(ep)
+  label = registry.label(exp.config)
+  errs = {label if k == "imitator" else k: np.asarray(e)[keep] for k, e in errs.items()}
+  chance = np.asarray(chance)[keep]
+  excluded = int(n - keep.sum())
+  rows = [figures.row(name, "none", t, t, e, chance, excluded=excluded,
+              **figures.identification_fields(e, chance, t)) for name, e in errs.items()]
+  zeros = np.zeros_like(chance)
+  rows.append(figures.row(ORACLE, "none", t, t, zeros, chance, excluded=excluded,
+                  **figures.identification_fields(zeros, chance, t)))
+  return report_json.write_report(workdir, t, rows,
+                      comparisons=figures.comparisons(label, errs, chance, "none", t, [t]))
+
+
+def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
+             with_forgetting: bool = True, sweeps=None,
+             multiples=HORIZON_MULTIPLES) -> dict:
+  """The battery (and the strength sweeps {shift: strengths}) at `multiples` x T_train
+  on the best checkpoint of `workdir`: report.json rows, report.md and plots under
+  workdir/eval."""
+  meta = restore_meta(exp, workdir)
+  battery = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples)
+  rows, skipped = battery["results"], battery["skipped"]
+  forget = None
+  if with_forgetting:
+    try:
+      forget = forgetting.forgetting(exp, meta)
+      rows = rows + forget["rows"]
+    except shifts.NotApplicable as e:
+      skipped = skipped + [{"shift": "forgetting", "strength": None, "reason": str(e)}]
+  t = exp.setting.t
+  report = report_json.write_report(workdir, t, rows, skipped, battery["comparisons"])
+  if not parallel.is_primary():
+    return report
+  try:
+    _plots(exp, workdir, battery, report, forget)
+  except checkpoint.Interrupted as e:
+    e.phase = "plots"  # the rows are in report.json already
+    raise
+  return report
+
+
+def _plots(exp, workdir, battery, report, forget):
+  t = exp.setting.t
+  eval_dir = os.path.join(workdir, "eval")
+  if battery["curves"]:
+    render.plot_nie(battery["curves"], t, os.path.join(eval_dir, "nie.png"),
+                        metrics.IDENTIFIED_NIE)
+  for shift in sorted({r["shift"] for r in report["results"] if r.get("strength") is not None}):
+    render.plot_sweep(report, shift, battery.DEFAULT_SWEEPS[shift].log_x,
+                          os.path.join(eval_dir, f"sweep_{shift}.png"), metrics.IDENTIFIED_NIE)
+  if forget is not None:
+    render.plot_forgetting(forget, t, os.path.join(eval_dir, "forgetting.png"))
+    with open(os.path.join(eval_dir, "forgetting.json"), "w") as f:
+      json.dump({k: v for k, v in forget.items() if k != "rows"}, f)

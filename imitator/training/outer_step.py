@@ -1,0 +1,125 @@
+"""One outer step of meta-training, jitted, and the train state it carries.
+
+A step samples fresh teachers and streams, rolls the teachers out, unrolls the imitator
+and the baselines beside them (predict, then observe), and updates each one's
+meta-params with optax on its imitation loss. A step whose loss or meta-gradient is not
+finite leaves that one's meta-params unchanged and is counted. Metrics are summed on
+device until a log step reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from imitator.rollout import episodes, objective
+
+
+class TrainState(NamedTuple):
+  """What the outer loop carries from step to step (and checkpoints): scalars, or dicts
+  of scalars, besides the meta-params and optimizer states."""
+  step: jax.Array
+  meta: Any  # {'imitator' | 'frozen' | 'context_only': meta-params}
+  opt_state: Any
+  key: jax.Array  # root key data (uint32)
+  lr_scale: jax.Array  # multiplies every update; lowered after non-finite streaks
+  bad_streak: jax.Array  # consecutive steps where some imitator's update was skipped
+  bad_total: jax.Array
+  bad: Any  # {imitator: steps whose update was skipped}
+  rollbacks: jax.Array  # times the run went back to a checkpoint after a streak
+  sums: Any  # metrics summed since the last log step
+  count: jax.Array
+
+
+def metric_names(imitators) -> list[str]:
+  """The keys of `TrainState.sums`: 'loss/NAME' and 'grad_norm/NAME' of every imitator."""
+  return [f"{m}/{n}" for m in ("loss", "grad_norm") for n in imitators]
+
+
+def curriculum(train_cfg, horizon: int) -> list[tuple[int, int]]:
+  """[(horizon, until_step)] from 'H1@S1,H2@S2' (then the full horizon to the end)."""
+  stages = []
+  for part in filter(None, (p.strip() for p in train_cfg.curriculum.split(","))):
+    try:
+      h, s = (int(v) for v in part.split("@"))
+    except ValueError:
+      raise ValueError(f"train.curriculum part {part!r} must be HORIZON@UNTIL_STEP, "
+                       "e.g. '32@200,64@400'.") from None
+    if not 0 < h <= horizon:
+      raise ValueError(f"train.curriculum horizon {h} must be in 1..{horizon}.")
+    stages.append((h, s))
+  return stages + [(horizon, train_cfg.steps)]
+
+
+class Curriculum:
+  """The horizon of each outer step and its jitted step, traced once per horizon."""
+
+  def __init__(self, exp):
+    self._exp = exp
+    self._stages = curriculum(exp.config.train, exp.setting.t)
+    self._fns = {}
+
+  def horizon(self, step: int) -> int:
+    return next(h for h, until in self._stages if step < until)
+
+  def step_fn(self, horizon: int):
+    if horizon not in self._fns:
+      self._fns[horizon] = step_fn(self._exp, horizon)
+    return self._fns[horizon]
+
+
+def step_fn(exp, horizon: int):
+  """The jitted outer step of `exp` (an `experiment.Experiment`) at a curriculum horizon:
+  TrainState -> TrainState, replicated over the mesh; the argument is donated."""
+  setting = exp.setting.with_horizon(horizon)
+  truncation = min(exp.config.train.truncation or horizon, horizon)
+  n = exp.config.train.teachers
+  sharding = NamedSharding(exp.mesh, PartitionSpec("data"))
+
+  def step(ts: TrainState):
+    # A rollback replays its steps on other teachers: they may be what broke.
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(ts.key),
+                                                ts.step), ts.rollbacks)
+    k_ep, k_im = jax.random.split(key)
+    im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
+    if truncation < horizon:  # the teachers' data is made window by window too
+      place = lambda a: jax.lax.with_sharding_constraint(a, sharding)
+      out = objective.streamed_loss_and_grads(exp.imitators, ts.meta, setting, exp.data,
+                                              k_ep, im_keys, n, truncation, place)
+    else:
+      ep = episodes.sample(setting, exp.data, k_ep, n, sharding=sharding)
+      out = {name: objective.loss_and_grads(im, ts.meta[name], im_keys, ep.x, ep.y,
+                                            ep.behaviour, truncation)
+             for name, im in exp.imitators.items()}
+    # Each imitator has its own optimizer and guard: a non-finite loss or gradient
+    # leaves that imitator's meta-params and optimizer state as they were.
+    meta, opt_state, values, oks, bad = {}, {}, {}, [], {}
+    for name in exp.imitators:
+      loss, grads = out[name]
+      norm = optax.tree.norm(grads)
+      ok = jnp.isfinite(loss) & jnp.isfinite(norm)
+      g = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
+      updates, new_opt = exp.tx.update(g, ts.opt_state[name], ts.meta[name])
+      new_meta = optax.apply_updates(
+          ts.meta[name], jax.tree.map(lambda u: ts.lr_scale * u, updates))
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+      meta[name] = keep(new_meta, ts.meta[name])
+      opt_state[name] = keep(new_opt, ts.opt_state[name])
+      values[f"loss/{name}"] = jnp.where(ok, loss, 0.0)
+      values[f"grad_norm/{name}"] = jnp.where(ok, norm, 0.0)
+      oks.append(ok)
+      bad[name] = ts.bad[name] + (~ok).astype(jnp.int32)
+    ok = jnp.all(jnp.stack(oks))
+    return ts._replace(
+        step=ts.step + 1, meta=meta, opt_state=opt_state,
+        bad_streak=jnp.where(ok, 0, ts.bad_streak + 1),
+        bad_total=ts.bad_total + (~ok).astype(jnp.int32), bad=bad,
+        sums={k: ts.sums[k] + values[k] for k in ts.sums},
+        count=ts.count + 1)
+
+  replicated = NamedSharding(exp.mesh, PartitionSpec())
+  return jax.jit(step, out_shardings=replicated, donate_argnums=0)
