@@ -150,7 +150,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
                 multiples=HORIZON_MULTIPLES) -> dict:
   """Every imitator of `meta` and every reference on every shift at every horizon of
   `multiples` x T_train, and on every strength of `sweeps` {shift: strengths}:
-  {"results", "figures.comparisons", "skipped", "curves"} (curves: `figures.nie_curves` per unswept
+  {"results", "comparisons", "skipped", "curves"} (curves: `figures.nie_curves` per
   shift, for plots). Up to STREAMED_ABOVE x T_train the teachers are rolled out first
   and figures kept per step; beyond it they stream beside the imitators
   (`co_rollout`), figures kept per block of T_train / 4 steps, in constant memory."""
@@ -218,4 +218,4 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
                 (ORACLE,) + REFERENCES), key=lambda r: r["nie"])
     logging.info("shift %s: NIE at %d steps, best %s %.3f (%d of %d teachers excluded)",
                  where, horizons[-1], best["imitator"], best["nie"], ev.excluded, n)
-  return {"results": results, "figures.comparisons": comps, "skipped": skipped, "curves": curves}
+  return {"results": results, "comparisons": comps, "skipped": skipped, "curves": curves}
