@@ -47,12 +47,13 @@ def final_report(exp, workdir: str) -> dict:
   chance = np.asarray(chance)[keep]
   excluded = int(n - keep.sum())
   rows = [figures.row(name, "none", t, t, e, chance, excluded=excluded,
-              **figures.identification_fields(e, chance, t)) for name, e in errs.items()]
+                      **figures.identification_fields(e, chance, t))
+          for name, e in errs.items()]
   zeros = np.zeros_like(chance)
   rows.append(figures.row(ORACLE, "none", t, t, zeros, chance, excluded=excluded,
-                  **figures.identification_fields(zeros, chance, t)))
-  return report_json.write_report(workdir, t, rows,
-                      comparisons=figures.comparisons(label, errs, chance, "none", t, [t]))
+                          **figures.identification_fields(zeros, chance, t)))
+  return report_json.write_report(
+      workdir, t, rows, comparisons=figures.comparisons(label, errs, chance, "none", t, [t]))
 
 
 def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
@@ -62,8 +63,8 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
   on the best checkpoint of `workdir`: report.json rows, report.md and plots under
   workdir/eval."""
   meta = restore_meta(exp, workdir)
-  battery = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples)
-  rows, skipped = battery["results"], battery["skipped"]
+  ran = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples)
+  rows, skipped = ran["results"], ran["skipped"]
   forget = None
   if with_forgetting:
     try:
@@ -72,26 +73,25 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
     except shifts.NotApplicable as e:
       skipped = skipped + [{"shift": "forgetting", "strength": None, "reason": str(e)}]
   t = exp.setting.t
-  report = report_json.write_report(workdir, t, rows, skipped, battery["comparisons"])
+  report = report_json.write_report(workdir, t, rows, skipped, ran["comparisons"])
   if not parallel.is_primary():
     return report
   try:
-    _plots(exp, workdir, battery, report, forget)
+    _plots(exp, workdir, ran["curves"], report, forget)
   except checkpoint.Interrupted as e:
     e.phase = "plots"  # the rows are in report.json already
     raise
   return report
 
 
-def _plots(exp, workdir, battery, report, forget):
+def _plots(exp, workdir, curves, report, forget):
   t = exp.setting.t
   eval_dir = os.path.join(workdir, "eval")
-  if battery["curves"]:
-    render.plot_nie(battery["curves"], t, os.path.join(eval_dir, "nie.png"),
-                        metrics.IDENTIFIED_NIE)
+  if curves:
+    render.plot_nie(curves, t, os.path.join(eval_dir, "nie.png"), metrics.IDENTIFIED_NIE)
   for shift in sorted({r["shift"] for r in report["results"] if r.get("strength") is not None}):
     render.plot_sweep(report, shift, battery.DEFAULT_SWEEPS[shift].log_x,
-                          os.path.join(eval_dir, f"sweep_{shift}.png"), metrics.IDENTIFIED_NIE)
+                      os.path.join(eval_dir, f"sweep_{shift}.png"), metrics.IDENTIFIED_NIE)
   if forget is not None:
     render.plot_forgetting(forget, t, os.path.join(eval_dir, "forgetting.png"))
     with open(os.path.join(eval_dir, "forgetting.json"), "w") as f:
