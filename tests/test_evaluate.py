@@ -138,8 +138,8 @@ def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
   t = config.stream.horizon
   rows = {}
   for multiples in ((1, 2), (1, 2, 32)):
-    battery = battery.run_battery(exp, meta, ["none"], multiples=multiples)
-    rows[multiples] = {(r["imitator"], r["horizon"]): r for r in battery["results"]}
+    ran = battery.run_battery(exp, meta, ["none"], multiples=multiples)
+    rows[multiples] = {(r["imitator"], r["horizon"]): r for r in ran["results"]}
   streamed, materialized = rows[(1, 2, 32)], rows[(1, 2)]
   assert {h for _, h in streamed} == {t, 2 * t, 32 * t}
   for key, want in materialized.items():
