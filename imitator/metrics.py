@@ -183,6 +183,33 @@ def identification_step_median(err, chance, width: int, t_train: int,
   return int(median), int(median) / t_train, fraction
 
 
+def free_running_horizon(err, chance, cut: int, width: int, t_train: int,
+                         threshold: float = IDENTIFIED_NIE, n_boot: int = 1000,
+                         level: float = 0.95, seed: int = 0) -> dict:
+  """How long an imitation holds alone: per teacher, the steps after the cut until its
+  own NIE over the trailing `width` steps after the cut (its error sum over its
+  chance-error sum, full windows only) first exceeds threshold; the median over teachers
+  with a bootstrap CI. err, chance [P, T] per step (or per block: then cut, width and
+  the result count blocks, and t_train is in blocks too). A teacher that never exceeds
+  it within T counts as beyond; null fields mean beyond (the median, or a CI end)."""
+  with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+    curves = (trailing_sums(np.asarray(err, np.float64)[:, cut:], width)
+              / trailing_sums(np.asarray(chance, np.float64)[:, cut:], width))
+  above = ~(curves[:, width - 1:] <= threshold)  # nan counts as above
+  first = np.where(above.any(1), above.argmax(1) + width, np.inf)
+  medians = np.median(first[_resamples(first.shape[0], n_boot, seed)], axis=1)
+  # Without interpolation: between two infinite medians it would give nan.
+  lo = np.quantile(medians, (1 - level) / 2, method="lower")
+  hi = np.quantile(medians, (1 + level) / 2, method="higher")
+  finite = lambda v: None if not np.isfinite(v) else float(v)
+  median = np.median(first)
+  return {"steps": finite(median),
+          "t_train_multiple": finite(median / t_train),
+          "t_train_multiple_ci": [finite(lo / t_train), finite(hi / t_train)],
+          "beyond_fraction": float(np.mean(~np.isfinite(first))),
+          "within_steps": int(curves.shape[1])}
+
+
 def paired_comparison(err, err_versus, chance, steps: slice, n_boot: int = 1000,
                       level: float = 0.95, seed: int = 0) -> dict:
   """NIE of err minus (and over) NIE of err_versus over `steps`, all [P, T] on the same

@@ -4,6 +4,7 @@
     python -m launch.evaluate --workdir=DIR --shifts=none,covariate_scale --stream_npz=FILE
     python -m launch.evaluate --workdir=DIR --shifts=none --sweep=covariate_scale:0.5,2,8 --sweep=drift
     python -m launch.evaluate --workdir=DIR --shifts=none --noforgetting --horizons=1,4,16,64,256,1024
+    python -m launch.evaluate --workdir=DIR --shifts=none --noforgetting --observe=1x --observe=4x
 
 Writes workdir/eval/report.json (rows merged into the training report), report.md and
 the plots nie.png, forgetting.png and sweep_<shift>.png. Shifts: none and the names of
@@ -12,7 +13,10 @@ learners.shifts (optionally NAME:strength); --stream_npz adds the user's stream 
 name is given: imitator.evaluation.battery.DEFAULT_SWEEPS). --horizons lists the horizons of the
 rows as multiples of T_train (default 1,2,4,8,16); beyond 16 x T_train teachers,
 streams and imitators run together chunk by chunk (imitator.rollout.co_rollout), in memory that
-does not grow with the horizon.
+does not grow with the horizon. Each --observe=K adds rows where the imitators see only
+the teacher's first K steps (K steps, or Kx: K x T_train) and then run alone, in the
+teacher's place, from the stream's inputs and labels (field `observe` of the rows;
+teacher-forced rows have none), with the free-running horizon of each.
 
 The workdir is locked while evaluating (exit 2 naming the holder's pid if a training or
 another evaluation is using it). A damaged report.json is refused before anything is
@@ -46,6 +50,9 @@ _FORGETTING = flags.DEFINE_boolean("forgetting", True, "Run the forgetting exper
 _HORIZONS = flags.DEFINE_list(
     "horizons", [str(m) for m in metrics.HORIZON_MULTIPLES],
     "Horizons of the rows, as multiples of T_train (integers >= 1).")
+_OBSERVE = flags.DEFINE_multi_string(
+    "observe", [], "K or Kx: also evaluate alone after the teacher's first K steps (Kx: "
+    "K x T_train) (repeatable).")
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "SHIFT or SHIFT:s1,s2,...: evaluate at every strength (repeatable; "
     f"default strengths per shift: {', '.join(battery.DEFAULT_SWEEPS)}).")
@@ -72,6 +79,8 @@ def main(argv):
     raise ValueError(f"--shifts={','.join(_SHIFTS.value)!r} names no shift; allowed: "
                      f"{list(battery.BATTERY)}.")
   config = workdir_lib.load_config(_WORKDIR.value, defaults=default.get_config())
+  t = config.stream.horizon
+  observes = battery.check_observes(parse_observe(_OBSERVE.value, t), t, t * max(multiples))
   if _STREAM_NPZ.value:
     _check_stream_npz(config, _STREAM_NPZ.value)
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
@@ -80,7 +89,7 @@ def main(argv):
   try:
     with checkpoint.interruptible():
       with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
-        _evaluate(config, names, sweeps, multiples)
+        _evaluate(config, names, sweeps, multiples, observes)
   except checkpoint.Interrupted as e:
     report = workdir_lib.report_path(os.path.abspath(_WORKDIR.value))
     if e.phase == "plots" or e.completed:
@@ -115,7 +124,25 @@ def parse_horizons(values) -> tuple:
   return tuple(sorted(set(multiples)))
 
 
-def _evaluate(config, names, sweeps, multiples):
+def parse_observe(values, t_train: int) -> tuple:
+  """--observe values (K steps, or Kx: K x T_train) as steps; ValueError naming the
+  flag. Whether each fits the horizons is checked by the battery."""
+  steps = []
+  for text in values:
+    v = text.strip().lower()
+    try:
+      k = round(float(v[:-1]) * t_train) if v.endswith("x") else int(v)
+    except ValueError:
+      k = 0
+    if k < 1 or (v.endswith("x") and abs(float(v[:-1]) * t_train - k) > 1e-9):
+      raise ValueError(f"--observe={text!r}: allowed are a number of steps K >= 1 or Kx, "
+                       f"K x T_train (T_train = {t_train}) in whole steps, e.g. "
+                       f"--observe={t_train} or --observe=1x.")
+    steps.append(k)
+  return tuple(sorted(set(steps)))
+
+
+def _evaluate(config, names, sweeps, multiples, observes):
   workdir_lib.read_report(_WORKDIR.value)  # a damaged report.json: refused before computing
   if _TEACHERS.value:
     config.eval.teachers = _TEACHERS.value
@@ -125,7 +152,7 @@ def _evaluate(config, names, sweeps, multiples):
   exp = experiment.Experiment(config)
   evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
                     with_forgetting=_FORGETTING.value,
-                    sweeps=sweeps, multiples=multiples)
+                    sweeps=sweeps, multiples=multiples, observes=observes)
   eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
   with open(os.path.join(eval_dir, "report.md")) as f:
     print(f.read())

@@ -144,6 +144,10 @@ def test_evaluate_refuses_a_stream_npz_that_does_not_fit(tmp_path, arrays, words
     (["--shifts=none"], ["no checkpoint", "launch.train"]),
     (["--shifts=none", "--horizons=1,0"], ["--horizons='1,0'", "integers >= 1"]),
     (["--shifts=none", "--horizons=1,x4"], ["--horizons='1,x4'", "1,4,16,64,256,1024"]),
+    (["--shifts=none", "--observe=0"], ["--observe='0'", "K >= 1"]),
+    (["--shifts=none", "--observe=1.3x"], ["--observe='1.3x'", "whole steps"]),
+    (["--shifts=none", "--observe=600"], ["--observe=600", "1 <= K < 512"]),
+    (["--shifts=none", "--horizons=32", "--observe=20"], ["--observe=20", "multiple of 8"]),
 ])
 def test_evaluate_refuses_bad_flags_and_writes_nothing(tmp_path, flags, words):
   workdir = _run_dir(tmp_path)

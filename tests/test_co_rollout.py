@@ -8,6 +8,7 @@ averaged over blocks here, must equal the co-rollout's block means.
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -209,17 +210,18 @@ def test_co_rollout_equals_the_materialized_rollout_npz_stream(tmp_path):
 # ------------------------------------------------------------------ streamed training
 
 
-def _check_streamed_training(config, n=4, window=8, every=True):
+def _check_streamed_training(config, n=4, window=8, every=True, cuts=None):
+  """Streamed == materialized truncated training; `cuts` [n]: free-running episodes."""
   exp = experiment.Experiment(config)
   imitators = _imitators(exp, every)
   metas = exp.init_state().meta
   key, keys = jax.random.key(9), jax.random.split(jax.random.key(1), n)
   got = jax.jit(lambda m, k, ik: objective.streamed_loss_and_grads(
-      imitators, m, exp.setting, exp.data, k, ik, n, window))(metas, key, keys)
+      imitators, m, exp.setting, exp.data, k, ik, n, window, observe=cuts))(metas, key, keys)
   ep = episodes.sample(exp.setting, exp.data, key, n)
   for name, im in imitators.items():
     loss, grads = objective.loss_and_grads(im, metas[name], keys, ep.x, ep.y,
-                                           ep.behaviour, window)
+                                           ep.behaviour, window, cuts)
     np.testing.assert_allclose(got[name][0], loss, rtol=1e-5, err_msg=name)
     chex.assert_trees_all_close(got[name][1], grads, rtol=2e-3, atol=1e-6)
 
@@ -232,9 +234,11 @@ def test_streamed_training_equals_truncated_training_on_materialized_episodes():
 @pytest.mark.slow
 def test_streamed_training_equals_truncated_training_main_in_context_and_dataset():
   _check_streamed_training(_small("small_mixed"))
+  _check_streamed_training(_small("small_mixed"), cuts=jnp.asarray([3, 9, 16, 100]))
   config = in_context.get_config("recurrent,smoke")
   config.stream.horizon = 24
   _check_streamed_training(config)
+  _check_streamed_training(config, cuts=jnp.asarray([1, 8, 17, 24]))
   config = continual_digits.get_config("smoke")
   config.stream.horizon = 16
   config.stream.batch = 2

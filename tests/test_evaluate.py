@@ -155,6 +155,36 @@ def test_battery_beyond_16x_streams_and_agrees_with_the_materialized_rows(run):
 
 
 @pytest.mark.slow
+def test_alone_rows_agree_streamed_and_materialized_and_references_ignore_the_cut(run):
+  workdir, config = run
+  exp = experiment.Experiment(config)
+  meta = evaluate.restore_meta(exp, workdir)
+  t = config.stream.horizon
+  rows, comps = {}, {}
+  for multiples in ((1, 2), (1, 2, 32)):
+    ran = battery.run_battery(exp, meta, ["none"], multiples=multiples, observes=(t,))
+    rows[multiples] = {(r["imitator"], r["horizon"], r["observe"]): r
+                       for r in ran["results"]}
+    comps[multiples] = {(c["versus"], c["horizon"], c["observe"]) for c in ran["comparisons"]}
+    assert set(ran["cuts"]) == {"none", f"none, alone after {t}"}
+  streamed, materialized = rows[(1, 2, 32)], rows[(1, 2)]
+  assert ("gradient", t, t) not in materialized  # alone rows start after the cut
+  for key, want in materialized.items():
+    got = streamed[key]
+    for field in ("nie", "nie_median", "task_gap"):
+      assert got[field] == pytest.approx(want[field], rel=1e-4, abs=1e-6), (key, field)
+  for name in ("known_hparams", "twin"):  # they never see the teacher
+    assert materialized[(name, 2 * t, t)]["nie"] == materialized[(name, 2 * t, None)]["nie"]
+  assert materialized[("gradient", 2 * t, t)]["nie"] != pytest.approx(
+      materialized[("gradient", 2 * t, None)]["nie"])
+  fr = streamed[("gradient", 32 * t, t)]["free_running_horizon"]
+  assert fr["within_steps"] == 31 * t and 0 <= fr["beyond_fraction"] <= 1
+  assert fr["steps"] is None or t <= fr["steps"] <= 31 * t
+  assert ("context_only", 32 * t, t) in comps[(1, 2, 32)]
+  assert ("known_hparams", 2 * t, t) in comps[(1, 2)]
+
+
+@pytest.mark.slow
 def test_inspect_checkpoint_prints_and_exports(run, tmp_path):
   workdir, config = run
   export = str(tmp_path / "meta.npz")

@@ -172,7 +172,7 @@ def test_imitator_interfaces_take_only_x_y_a():
   for cls in (GradientImitator, InContextImitator, SystemIdImitator):
     assert list(inspect.signature(cls.predict).parameters) == ["self", "meta", "state", "x"]
     assert list(inspect.signature(cls.observe).parameters) == [
-        "self", "meta", "state", "x", "y", "a"]
+        "self", "meta", "state", "x", "y", "a", "seen"]
   assert list(inspect.signature(objective.loss_and_grads).parameters)[:6] == [
       "imitator", "meta", "keys", "xs", "ys", "as_"]
 

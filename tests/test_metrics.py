@@ -182,3 +182,19 @@ def test_breaking_strength():
   assert metrics.breaking_strength([0.5, 1.0], [0.1, None]) == 1.0  # blew up
   assert metrics.breaking_strength([0.5, 1.0], [math.nan, 0.1]) == 0.5
   assert metrics.IDENTIFIED_NIE == 0.25
+
+
+def test_free_running_horizon_counts_steps_after_the_cut_by_hand():
+  # Cut at step 2, windows of 2 steps after it, chance 1 everywhere. Teacher 0's errors
+  # after the cut [0, 0, .2, .4, .8, .8]: window means from the 2nd step after the cut
+  # [0, .1, .3, .6, .8] -> first above .25 at the 4th step after the cut. Teacher 1
+  # never passes it (beyond); teacher 2 passes it in its first full window (step 2).
+  err = np.array([[9, 9, 0, 0, .2, .4, .8, .8],
+                  [9, 9, 0, .1, .1, .1, .2, .2],
+                  [9, 9, .9, .9, 0, 0, 0, 0]])
+  fr = metrics.free_running_horizon(err, np.ones_like(err), cut=2, width=2, t_train=2)
+  assert fr["steps"] == 4 and fr["t_train_multiple"] == 2.0  # median of [4, inf, 2]
+  assert fr["beyond_fraction"] == pytest.approx(1 / 3) and fr["within_steps"] == 6
+  lo, hi = fr["t_train_multiple_ci"]
+  assert lo == 1.0 and hi is None  # some resamples hold teacher 1 twice: beyond
+  assert metrics.free_running_horizon(err[1:2], np.ones((1, 8)), 2, 2, 2)["steps"] is None

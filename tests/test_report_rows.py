@@ -174,8 +174,8 @@ def test_breaking_points_and_merged_report_keep_what_was_there(tmp_path):
   assert set(points) == {("gradient", "covariate_scale"), ("frozen", "covariate_scale")}
   # 0.5 -> 0.1 holds, 2 -> 0.3 breaks (the 1x row at 0.2 does not count).
   assert points[("gradient", "covariate_scale")] == {
-      "imitator": "gradient", "shift": "covariate_scale", "breaking_strength": 2.0,
-      "swept": [0.5, 2.0, 8.0], "horizon": 16 * t}
+      "imitator": "gradient", "shift": "covariate_scale", "observe": None,
+      "breaking_strength": 2.0, "swept": [0.5, 2.0, 8.0], "horizon": 16 * t}
   assert points[("frozen", "covariate_scale")]["breaking_strength"] is None
   md = open(tmp_path / "eval" / "report.md").read()
   assert md.index("## breaking points") < md.index("## shift: none")

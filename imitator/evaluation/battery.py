@@ -74,10 +74,11 @@ def parse_sweep(text: str) -> tuple[str, tuple]:
   return name, tuple(sorted(set(strengths)))
 
 
-def errors_fn(imitators, setting, ep: episodes.Episodes, chunk: int = 0):
-  """meta -> ({name: err [P, T]}, chance [P, T]) on fixed episodes `ep`. Each imitator
-  object is jitted once: names that share one (the trained kind and `untrained`) share
-  its compilation."""
+def errors_fn(imitators, setting, ep: episodes.Episodes, chunk: int = 0,
+              observe: int | None = None):
+  """meta -> ({name: err [P, T]}, chance [P, T]) on fixed episodes `ep` (alone after the
+  first `observe` steps when set). Each imitator object is jitted once: names that share
+  one (the trained kind and `untrained`) share its compilation."""
   keys = objective.evaluation_keys(ep.x.shape[0])
   chunk = _divisor(chunk, ep.x.shape[1])
   compiled = {}
@@ -85,7 +86,8 @@ def errors_fn(imitators, setting, ep: episodes.Episodes, chunk: int = 0):
   def unroll_error(im):
     if im not in compiled:
       compiled[im] = jax.jit(lambda m, x, y, a: metrics.step_error(
-          setting.task, a, objective.unroll(im, m, keys, x, y, a, chunk)[0]))
+          setting.task, a, objective.unroll(im, m, keys, x, y, a, chunk,
+                                            observe=observe)[0]))
     return compiled[im]
 
   chance = jax.jit(metrics.step_error, static_argnums=0)(setting.task, ep.behaviour,
@@ -146,47 +148,75 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
   return setting, data
 
 
+def panel(shift: str, observe: int | None = None) -> str:
+  """The name of a shift's NIE curves in plots: teacher-forced, or alone after the cut."""
+  return shift if observe is None else f"{shift}, alone after {observe}"
+
+
+def check_observes(observes, t_train: int, horizon: int) -> tuple:
+  """--observe values (steps seen before the imitators run alone) as sorted distinct
+  ints; ValueError naming the flag unless 1 <= K < horizon and, beyond STREAMED_ABOVE x
+  T_train (figures per block of T_train / 4 steps), K a multiple of the block."""
+  block = max(t_train // 4, 1) if horizon > STREAMED_ABOVE * t_train else 1
+  for k in observes:
+    if not (isinstance(k, int) and 1 <= k < horizon and k % block == 0):
+      raise ValueError(
+          f"--observe={k}: allowed are steps K with 1 <= K < {horizon} (the longest "
+          f"horizon){f' and K a multiple of {block} (T_train / 4) beyond ' if block > 1 else ''}"
+          f"{f'{STREAMED_ABOVE} x T_train' if block > 1 else ''}; e.g. --observe={t_train} "
+          "or --observe=1x.")
+  return tuple(sorted(set(observes)))
+
+
 def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
-                multiples=HORIZON_MULTIPLES) -> dict:
+                multiples=HORIZON_MULTIPLES, observes=()) -> dict:
   """Every imitator of `meta` and every reference on every shift at every horizon of
-  `multiples` x T_train, and on every strength of `sweeps` {shift: strengths}:
-  {"results", "comparisons", "skipped", "curves"} (curves: `figures.nie_curves` per
-  shift, for plots). Up to STREAMED_ABOVE x T_train the teachers are rolled out first
-  and figures kept per step; beyond it they stream beside the imitators
-  (`co_rollout`), figures kept per block of T_train / 4 steps, in constant memory."""
+  `multiples` x T_train, and on every strength of `sweeps` {shift: strengths}, teacher-
+  forced and, for each K of `observes`, alone after the teacher's first K steps:
+  {"results", "comparisons", "skipped", "curves", "cuts"} (curves: `figures.nie_curves`
+  per unswept shift and cut, named by `panel`, for plots; cuts: {panel: K}). Up to STREAMED_ABOVE x T_train
+  the teachers are rolled out first and figures kept per step; beyond it they stream
+  beside the imitators (`co_rollout`), figures kept per block of T_train / 4 steps, in
+  constant memory."""
   t = exp.setting.t
   n = exp.config.eval.teachers
   label = registry.label(exp.config)
   names = {"imitator": label}
-  results, comps, skipped, curves = [], [], [], {}
+  results, comps, skipped, curves, cuts = [], [], [], {}, {}
   imitators, metas = with_untrained(exp, meta)
   keys = objective.evaluation_keys(n)
-  compiled = {}  # one jit per imitator object: `untrained` shares the trained kind's
+  compiled = {}  # one jit per imitator object and mode: `untrained` shares the kind's
   stream = max(multiples) > STREAMED_ABOVE
+  observes = check_observes(observes, t, t * max(multiples))
 
-  def run(metas, x, y, a):
+  def run(metas, x, y, a, observe):
     out = {}
     for name, im in imitators.items():
-      if im not in compiled:
-        compiled[im] = jax.jit(lambda m, x, y, a, im=im: objective.unroll(
-            im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1])))
-      out[name] = compiled[im](metas[name], x, y, a)
+      if (im, observe is None) not in compiled:
+        compiled[(im, observe is None)] = jax.jit(
+            lambda m, x, y, a, k, im=im: objective.unroll(
+                im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1]), observe=k))
+      out[name] = compiled[(im, observe is None)](metas[name], x, y, a, observe)
     return out
 
-  def evaluated(setting, data, horizon):
+  def evaluated(setting, data, horizon, cuts):
+    """{cut: figures.Evaluated} for cut None (teacher-forced) and each of `cuts`."""
     if stream:
       chunk = _divisor(t, horizon) or horizon
       unit = _divisor(max(chunk // 4, 1), chunk) or chunk
-      sums = co_rollout.co_rollout(setting, data, imitators, metas,
-                                   held_out_key(exp.config), n, horizon, chunk, unit, keys)
-      return figures.streamed(names, sums, unit)
+      return {k: figures.streamed(names, co_rollout.co_rollout(
+          setting, data, imitators, metas, held_out_key(exp.config), n, horizon, chunk,
+          unit, keys, observe=k), unit) for k in (None,) + cuts}
     ep = held_out(exp.config, setting, data, n, horizon)
-    outputs = run(metas, ep.x, ep.y, ep.behaviour)
-    outputs.update({k: (a, None, None) for k, a in references.behaviours(
-        setting.family, ep.hparams, ep.init_keys, ep.x, ep.y).items()})
+    refs = {k: (a, None, None) for k, a in references.behaviours(
+        setting.family, ep.hparams, ep.init_keys, ep.x, ep.y).items()}
     keep = figures.usable_teachers(ep)
-    ep, outputs = figures.select_teachers(ep, outputs, keep)
-    return figures.materialized(setting.task, names, ep, outputs, int(n - keep.sum()))
+    out = {}
+    for k in (None,) + cuts:
+      outputs = dict(run(metas, ep.x, ep.y, ep.behaviour, k), **refs)
+      kept, outputs = figures.select_teachers(ep, outputs, keep)
+      out[k] = figures.materialized(setting.task, names, kept, outputs, int(n - keep.sum()))
+    return out
 
   entries = [(s, None) for s in shift_names] + [
       (s, v) for s, strengths in (sweeps or {}).items() for v in strengths]
@@ -202,20 +232,26 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
     horizon = t * max(multiples)
     if shift == "npz":
       horizon = min(horizon, setting.t - setting.t % t if setting.t >= t else setting.t)
-    ev = evaluated(setting, data, horizon)
-    if ev.excluded == n:
-      reason = f"all {n} held-out teachers blew up (behaviour non-finite or beyond {figures.BLOWN_UP:g})"
+    evs = evaluated(setting, data, horizon, tuple(k for k in observes if k < horizon))
+    if evs[None].excluded == n:
+      reason = (f"all {n} held-out teachers blew up (behaviour non-finite or beyond "
+                f"{figures.BLOWN_UP:g})")
       skipped.append({"shift": shift, "strength": strength, "reason": reason})
       logging.info("shift %s: skipped (%s)", where, reason)
       continue
     horizons = [m * t for m in sorted(multiples) if m * t <= horizon] or [horizon]
-    rows = figures.rows_of(ev, shift, t, horizons, setting.family, strength)
-    results += rows
-    comps += figures.comparisons(label, ev.err, ev.chance, shift, t, horizons, strength, ev.unit)
-    if strength is None:
-      curves[shift] = figures.nie_curves(ev.err, ev.chance, t, unit=ev.unit)
-    best = min((r for r in rows if r["horizon"] == horizons[-1] and r["imitator"] not in
-                (ORACLE,) + REFERENCES), key=lambda r: r["nie"])
-    logging.info("shift %s: NIE at %d steps, best %s %.3f (%d of %d teachers excluded)",
-                 where, horizons[-1], best["imitator"], best["nie"], ev.excluded, n)
-  return {"results": results, "comparisons": comps, "skipped": skipped, "curves": curves}
+    for k, ev in evs.items():
+      rows = figures.rows_of(ev, shift, t, horizons, setting.family, strength, k)
+      results += rows
+      comps += figures.comparisons(label, ev.err, ev.chance, shift, t, horizons, strength,
+                                   ev.unit, k)
+      if strength is None:
+        curves[panel(shift, k)] = figures.nie_curves(ev.err, ev.chance, t, unit=ev.unit)
+        cuts[panel(shift, k)] = k
+      best = min((r for r in rows if r["horizon"] == horizons[-1] and r["imitator"] not in
+                  (ORACLE,) + REFERENCES), key=lambda r: r["nie"])
+      logging.info("shift %s%s: NIE at %d steps, best %s %.3f (%d of %d teachers "
+                   "excluded)", where, "" if k is None else f", alone after {k} steps",
+                   horizons[-1], best["imitator"], best["nie"], ev.excluded, n)
+  return {"results": results, "comparisons": comps, "skipped": skipped, "curves": curves,
+          "cuts": cuts}

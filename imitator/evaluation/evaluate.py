@@ -58,12 +58,13 @@ def final_report(exp, workdir: str) -> dict:
 
 def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
              with_forgetting: bool = True, sweeps=None,
-             multiples=HORIZON_MULTIPLES) -> dict:
+             multiples=HORIZON_MULTIPLES, observes=()) -> dict:
   """The battery (and the strength sweeps {shift: strengths}) at `multiples` x T_train
-  on the best checkpoint of `workdir`: report.json rows, report.md and plots under
-  workdir/eval."""
+  on the best checkpoint of `workdir`, teacher-forced and alone after each of
+  `observes` (steps): report.json rows, report.md and plots under workdir/eval."""
   meta = restore_meta(exp, workdir)
-  ran = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples)
+  ran = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples,
+                            observes)
   rows, skipped = ran["results"], ran["skipped"]
   forget = None
   if with_forgetting:
@@ -77,18 +78,19 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
   if not parallel.is_primary():
     return report
   try:
-    _plots(exp, workdir, ran["curves"], report, forget)
+    _plots(exp, workdir, ran, report, forget)
   except checkpoint.Interrupted as e:
     e.phase = "plots"  # the rows are in report.json already
     raise
   return report
 
 
-def _plots(exp, workdir, curves, report, forget):
+def _plots(exp, workdir, ran, report, forget):
   t = exp.setting.t
   eval_dir = os.path.join(workdir, "eval")
-  if curves:
-    render.plot_nie(curves, t, os.path.join(eval_dir, "nie.png"), metrics.IDENTIFIED_NIE)
+  if ran["curves"]:
+    render.plot_nie(ran["curves"], t, os.path.join(eval_dir, "nie.png"),
+                    metrics.IDENTIFIED_NIE, ran["cuts"])
   for shift in sorted({r["shift"] for r in report["results"] if r.get("strength") is not None}):
     render.plot_sweep(report, shift, battery.DEFAULT_SWEEPS[shift].log_x,
                       os.path.join(eval_dir, f"sweep_{shift}.png"), metrics.IDENTIFIED_NIE)

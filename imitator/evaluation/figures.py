@@ -31,15 +31,16 @@ PLOT_POINTS = 100  # log-spaced steps of the NIE curves in nie.png
 
 
 def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength=None,
-        excluded: int = 0, unit: int = 1, **extra) -> dict:
+        excluded: int = 0, unit: int = 1, observe: int | None = None, **extra) -> dict:
   """One report row: NIE over the last t_train steps before `horizon`, CI over the
   teachers of err, chance [P, T / unit] (per step, or means over blocks of `unit`
-  steps); `excluded` teachers were left out (they blew up)."""
+  steps); `excluded` teachers were left out (they blew up). `observe`: the imitators saw
+  the teacher's first `observe` steps only and then ran alone (None: teacher-forced)."""
   steps = metrics.figure_steps(horizon // unit, t_train // unit)
   nie, ci = metrics.nie_with_ci(err, chance, steps)
   median, median_ci = metrics.median_nie_with_ci(err, chance, steps)
   return {"imitator": name, "shift": shift, "strength": strength, "horizon": horizon,
-          "nie": nie, "nie_ci": list(ci), "nie_median": median,
+          "observe": observe, "nie": nie, "nie_ci": list(ci), "nie_median": median,
           "nie_median_ci": list(median_ci), "n_teachers": int(np.asarray(err).shape[0]),
           "n_teachers_excluded": int(excluded), **extra}
 
@@ -157,14 +158,29 @@ def shift_rows(task, names, shift, t_train, horizons, ep, outputs, family, stren
                  horizons, family, strength)
 
 
-def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None) -> list:
-  """Rows of one shift: every imitator and reference (and the oracle) at every horizon."""
+def free_running_horizon(err, chance, observe: int, t_train: int, unit: int = 1) -> dict:
+  """`metrics.free_running_horizon` after a cut at step `observe`, in steps (err, chance
+  per step or per block of `unit` steps; the cut on a block boundary)."""
+  fr = metrics.free_running_horizon(err, chance, observe // unit, t_train // unit,
+                                    t_train // unit)
+  return dict(fr, steps=_steps(fr["steps"], unit), within_steps=fr["within_steps"] * unit)
+
+
+def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None,
+            observe: int | None = None) -> list:
+  """Rows of one shift: every imitator and reference (and the oracle) at every horizon;
+  alone (`observe` set) only at horizons after the cut, with the free-running horizon."""
   u = ev.unit
-  common = dict(strength=strength, excluded=ev.excluded, unit=u)
+  common = dict(strength=strength, excluded=ev.excluded, unit=u, observe=observe)
+  if observe is not None:
+    horizons = [h for h in horizons if h > observe]
   rows = []
   for label, err in ev.err.items():
     per_shift = {"horizon_to_divergence": _divergence(err, ev.chance, t_train, u),
                  **identification_fields(err, ev.chance, t_train, u)}
+    if observe is not None:
+      per_shift["free_running_horizon"] = free_running_horizon(err, ev.chance, observe,
+                                                               t_train, u)
     if ev.blown.get(label):
       per_shift["note"] = (f"predictions non-finite or beyond {BLOWN_UP:g} for "
                            f"{ev.blown[label]} of {err.shape[0]} teachers")
@@ -192,11 +208,13 @@ def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None) -> l
 
 
 def comparisons(label: str, errs: dict, chance, shift, t_train, horizons,
-                strength=None, unit: int = 1) -> list:
+                strength=None, unit: int = 1, observe: int | None = None) -> list:
   """The trained imitator `label` paired with each of VERSUS present in errs {name:
-  err [P, T / unit]}, at every horizon (metrics.paired_comparison)."""
-  return [{"shift": shift, "strength": strength, "horizon": h, "imitator": label,
-           "versus": versus, **metrics.paired_comparison(
+  err [P, T / unit]}, at every horizon (after the cut, alone) (metrics.paired_comparison)."""
+  if observe is not None:
+    horizons = [h for h in horizons if h > observe]
+  return [{"shift": shift, "strength": strength, "horizon": h, "observe": observe,
+           "imitator": label, "versus": versus, **metrics.paired_comparison(
                errs[label], errs[versus], chance,
                metrics.figure_steps(h // unit, t_train // unit))}
           for versus in VERSUS if versus in errs for h in horizons]

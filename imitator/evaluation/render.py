@@ -51,10 +51,29 @@ def _strength(s) -> str:
   return f"{s:g}"
 
 
-def rows_by(report: dict) -> dict:
-  """{(imitator, shift, strength, horizon): row} of report.json's results."""
+def alone_text(observe) -> str:
+  """'' for teacher-forced figures, else ', alone after K steps'."""
+  return "" if observe is None else f", alone after {observe} steps"
+
+
+def free_running(row) -> str:
+  """A row's free-running horizon: the median teacher's steps alone until its NIE
+  passes the threshold, as a multiple of T_train with its CI ('beyond Nx')."""
+  d = row.get("free_running_horizon")
+  if d is None:
+    return "n/a"
+  fmt = lambda v: "beyond" if v is None else f"{v:.2f}x"
+  lo, hi = d["t_train_multiple_ci"]
+  text = (f"beyond {d['within_steps']} steps" if d["steps"] is None
+          else f"{fmt(d['t_train_multiple'])} [{fmt(lo)}, {fmt(hi)}]")
+  return text + f" ({d['beyond_fraction']:.0%} beyond)"
+
+
+def rows_by(report: dict, observe=None) -> dict:
+  """{(imitator, shift, strength, horizon): row} of report.json's results, teacher-
+  forced (observe None) or alone after `observe` steps."""
   return {(r["imitator"], r["shift"], r.get("strength"), r["horizon"]): r
-          for r in report["results"]}
+          for r in report["results"] if r.get("observe") == observe}
 
 
 def better_baseline(by_key: dict, shift, strength, horizon):
@@ -66,17 +85,18 @@ def better_baseline(by_key: dict, shift, strength, horizon):
   return min(found)[1] if found else None
 
 
-def comparison(report: dict, shift, strength, horizon, versus):
+def comparison(report: dict, shift, strength, horizon, versus, observe=None):
   """The paired comparison of the trained imitator with `versus`, or None."""
   return next((c for c in report.get("comparisons", []) if
-               (c["shift"], c.get("strength"), c["horizon"], c["versus"]) ==
-               (shift, strength, horizon, versus)), None)
+               (c["shift"], c.get("strength"), c["horizon"], c["versus"], c.get("observe"))
+               == (shift, strength, horizon, versus, observe)), None)
 
 
 def _breaking_table(points: list) -> list:
   shifts = sorted({p["shift"] for p in points})
-  by = {(p["imitator"], p["shift"]): p for p in points}
-  names = list(dict.fromkeys(p["imitator"] for p in points))
+  label = lambda p: p["imitator"] + alone_text(p.get("observe"))
+  by = {(label(p), p["shift"]): p for p in points}
+  names = list(dict.fromkeys(label(p) for p in points))
   lines = [f"## breaking points: the smallest swept strength whose NIE at "
            f"{HORIZON_MULTIPLES[-1]}x T_train exceeds {IDENTIFIED_NIE:g}", "",
            "| imitator | " + " | ".join(shifts) + " |", "|" + "---|" * (len(shifts) + 1)]
@@ -94,15 +114,19 @@ def _breaking_table(points: list) -> list:
   return lines + [""]
 
 
-def _shift_table(shift: str, rows: list, t: int) -> list:
+def _shift_table(shift: str, rows: list, t: int, observe=None) -> list:
   horizons = sorted({r["horizon"] for r in rows})
   n = rows[0]["n_teachers"]
   excluded = max(r.get("n_teachers_excluded", 0) for r in rows)
   gone = f", {excluded} excluded: their behaviour blew up" if excluded else ""
-  lines = [f"## shift: {shift} ({n} teachers{gone})", ""]
+  mode = ("teacher-forced" if observe is None
+          else f"alone after the teacher's first {observe} steps ({observe / t:g}x)")
+  lines = [f"## shift: {shift}, {mode} ({n} teachers{gone})", ""]
   head = ["imitator"] + [f"H={h} ({h / t:g}x)" for h in horizons] + [
       "diverges @0.1", "diverges @0.25", "identified (population)",
       "identified (median teacher)", f"task gap @H={horizons[0]}"]
+  if observe is not None:
+    head.append(f"free-running horizon (median teacher, NIE > {IDENTIFIED_NIE:g})")
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   cells = collections.defaultdict(dict)
   for r in rows:
@@ -117,6 +141,8 @@ def _shift_table(shift: str, rows: list, t: int) -> list:
     row += [_divergence(last, 0.1), _divergence(last, 0.25), identification(last),
             identification(last, median=True),
             with_ci(first["task_gap"], first["task_gap_ci"]) if "task_gap" in first else ""]
+    if observe is not None:
+      row.append(free_running(last))
     lines.append("| " + " | ".join(row) + " |")
     if last.get("note"):
       notes.append(f"- {name}: {last['note']}")
@@ -141,15 +167,15 @@ def _shift_table(shift: str, rows: list, t: int) -> list:
   return lines + [""]
 
 
-def _sweep_table(shift: str, rows: list, t: int) -> list:
-  """NIE per strength at 1x / 16x, then the median per-teacher NIE (rows written before
-  it existed show n/a there)."""
+def _sweep_table(shift: str, rows: list, t: int, observe=None) -> list:
+  """NIE per strength at 1x / 16x (alone: the first horizon after the cut / 16x), then
+  the median per-teacher NIE (rows written before it existed show n/a there)."""
   strengths = sorted({r["strength"] for r in rows})
-  lo, hi = t, HORIZON_MULTIPLES[-1] * t
+  lo, hi = min(r["horizon"] for r in rows), HORIZON_MULTIPLES[-1] * t
   by = {(r["imitator"], r["strength"], r["horizon"]): r for r in rows}
   names = list(dict.fromkeys(r["imitator"] for r in rows if r["imitator"] != ORACLE))
-  lines = [f"## sweep: {shift} (NIE at 1x / {hi // t}x T_train per strength; median "
-           "over teachers of each teacher's own NIE below)", "",
+  lines = [f"## sweep: {shift}{alone_text(observe)} (NIE at {lo / t:g}x / {hi // t}x "
+           "T_train per strength; median over teachers of each teacher's own NIE below)", "",
            "| imitator | " + " | ".join(f"s={_strength(s)}" for s in strengths) + " |",
            "|" + "---|" * (len(strengths) + 1)]
   for key, suffix in (("nie", ""), ("nie_median", " (median)")):
@@ -167,19 +193,20 @@ def _sweep_table(shift: str, rows: list, t: int) -> list:
 
 
 def _comparison_table(report: dict, battery: dict, t: int) -> list:
-  by_key = rows_by(report)
   lines = ["## comparisons: the trained imitator against the better baseline (paired "
            "bootstrap over the same teachers)", "",
            "| shift | horizon | better baseline | NIE difference [95% CI] | NIE ratio "
            "[95% CI] |", "|---|---|---|---|---|"]
   found = False
-  for shift in battery:
-    for h in (t, HORIZON_MULTIPLES[-1] * t):
+  for shift, observe in battery:
+    by_key = rows_by(report, observe)
+    for h in sorted({r["horizon"] for r in battery[(shift, observe)]}
+                    & {t, 2 * t, HORIZON_MULTIPLES[-1] * t}):
       versus = better_baseline(by_key, shift, None, h)
-      c = versus and comparison(report, shift, None, h, versus)
+      c = versus and comparison(report, shift, None, h, versus, observe)
       if c:
         found = True
-        lines.append(f"| {shift} | {h // t}x | {versus} | "
+        lines.append(f"| {shift}{alone_text(observe)} | {h // t}x | {versus} | "
                      f"{with_ci(c['nie_diff'], c['nie_diff_ci'])} | "
                      f"{with_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
   return lines + [""] if found else []
@@ -192,7 +219,8 @@ def markdown(report: dict) -> str:
   battery = collections.defaultdict(list)
   sweeps = collections.defaultdict(list)
   for r in report["results"]:
-    (battery if r.get("strength") is None else sweeps)[r["shift"]].append(r)
+    (battery if r.get("strength") is None else sweeps)[(r["shift"], r.get("observe"))
+                                                      ].append(r)
   lines = [f"# Evaluation report (T_train = {t})", "",
            "NIE = imitation error / chance error over the last T_train steps before the "
            "horizon, with a 95% bootstrap CI over teachers (0 = perfect, 1 = no better "
@@ -203,14 +231,20 @@ def markdown(report: dict) -> str:
            "population and for the median teacher. References: untrained (the imitator "
            "at its initial meta-params), known_hparams (the teacher's hyperparameters, "
            "fresh weights), twin (the teacher's hyperparameters and weights, its own "
-           "random draws), oracle (the teacher).", ""]
+           "random draws), oracle (the teacher). Teacher-forced tables: every step's "
+           "behaviour is shown to the imitators. Alone: only the teacher's first K steps "
+           "are; then the imitators run in its place from the stream's inputs and labels "
+           "(references never see the teacher: their rows are the same). Free-running "
+           "horizon: the steps after the cut until the median teacher's own NIE over the "
+           f"trailing T_train steps exceeds {IDENTIFIED_NIE:g}, as a multiple of T_train "
+           "with its 95% CI.", ""]
   if report.get("breaking_points"):
     lines += _breaking_table(report["breaking_points"])
-  forgetting = battery.pop("forgetting", [])
-  for shift, rows in battery.items():
-    lines += _shift_table(shift, rows, t)
-  for shift, rows in sweeps.items():
-    lines += _sweep_table(shift, rows, t)
+  forgetting = battery.pop(("forgetting", None), [])
+  for (shift, observe), rows in battery.items():
+    lines += _shift_table(shift, rows, t, observe)
+  for (shift, observe), rows in sweeps.items():
+    lines += _sweep_table(shift, rows, t, observe)
   lines += _comparison_table(report, battery, t)
   if forgetting:
     lines += ["## forgetting (tasks A+B, then A alone; loss on held-out B)", "",
@@ -249,10 +283,12 @@ def _style(name):
   return dict(ls="--") if name in REFERENCES else dict(ls="-")
 
 
-def plot_nie(curves: dict, t_train: int, path: str, threshold: float = IDENTIFIED_NIE):
+def plot_nie(curves: dict, t_train: int, path: str, threshold: float = IDENTIFIED_NIE,
+             cuts: dict | None = None):
   """NIE over the trailing t_train steps against the step (log axes) with 95% bands over
-  teachers, one panel per shift; T_train dashed, the identification threshold dotted.
-  curves: {shift: {name: {"steps", "nie", "lo", "hi"}}}."""
+  teachers, one panel per shift (and per cut: alone after it); T_train dashed, the cut
+  red, the identification threshold dotted. curves: {panel: {name: {"steps", "nie",
+  "lo", "hi"}}}; cuts: {panel: steps seen before the imitators ran alone}."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -270,6 +306,8 @@ def plot_nie(curves: dict, t_train: int, path: str, threshold: float = IDENTIFIE
                       alpha=0.15, lw=0)
       drawn += [c["nie"], c["lo"], c["hi"]]
     ax.axvline(t_train, color="k", ls="--", lw=0.8)
+    if (cuts or {}).get(shift) is not None:
+      ax.axvline(cuts[shift], color="tab:red", ls="-.", lw=1.0)
     ax.axhline(threshold, color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")

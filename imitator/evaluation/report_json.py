@@ -18,10 +18,8 @@ from imitator.runtime import workdir as workdir_lib
 
 
 # What identifies a row or a comparison when a report is merged into report.json.
-ROW_KEY = ("imitator", "shift", "strength", "horizon")
-
-
-COMPARISON_KEY = ("imitator", "versus", "shift", "strength", "horizon")
+ROW_KEY = ("imitator", "shift", "strength", "horizon", "observe")
+COMPARISON_KEY = ("imitator", "versus", "shift", "strength", "horizon", "observe")
 
 
 def _merge(old: list, new: list, fields: tuple) -> list:
@@ -44,17 +42,18 @@ def _finite(value):
 
 
 def breaking_points(results: list, t_train: int) -> list:
-  """For every imitator and swept shift: the smallest swept strength whose NIE at
-  16 x T_train exceeds metrics.IDENTIFIED_NIE (metrics.breaking_strength)."""
+  """For every imitator, swept shift and cut (teacher-forced or alone): the smallest
+  swept strength whose NIE at 16 x T_train exceeds metrics.IDENTIFIED_NIE
+  (metrics.breaking_strength)."""
   horizon = HORIZON_MULTIPLES[-1] * t_train
   swept = collections.defaultdict(dict)
   for r in results:
     if r.get("strength") is not None and r["horizon"] == horizon and r["imitator"] != ORACLE:
-      swept[(r["imitator"], r["shift"])][r["strength"]] = r["nie"]
-  return [{"imitator": name, "shift": shift,
+      swept[(r["imitator"], r["shift"], r.get("observe"))][r["strength"]] = r["nie"]
+  return [{"imitator": name, "shift": shift, "observe": observe,
            "breaking_strength": metrics.breaking_strength(list(nies), list(nies.values())),
            "swept": sorted(nies), "horizon": horizon}
-          for (name, shift), nies in swept.items()]
+          for (name, shift, observe), nies in swept.items()]
 
 
 def write_report(workdir: str, t_train: int, rows: list, skipped: list | None = None,

@@ -7,13 +7,16 @@ meta-params `meta` (a pytree of arrays, what the outer loop trains) and a fast `
     init_meta(key) -> meta
     init(meta, key) -> state
     predict(meta, state, x [n, ...]) -> a_hat [n, out]     (probabilities for classification)
-    observe(meta, state, x [B, ...], y, a [B, out]) -> state
-    unroll(meta, state, xs [L, B, ...], ys, as_, fresh) -> (state, a_hat [L, B, out])
+    observe(meta, state, x [B, ...], y, a [B, out], seen) -> state
+    unroll(meta, state, xs [L, B, ...], ys, as_, fresh, seen [L]) -> (state, a_hat [L, B, out])
 
 An imitator sees only x, y and the teacher's behaviour a: never hyperparams or weights.
-`unroll` predicts each step before observing it; the default is a `lax.scan`, which
-sequence models override with a parallel form that must agree with it. `fresh=True`
-promises that `state` is straight from `init` (a model may skip empty memory).
+A step is *seen* when a is the teacher's behaviour; on an *unseen* step (the imitator
+runs alone, in the teacher's place) `a` carries nothing and is never read (it may be
+NaN): each kind goes on from x, y and its own predictions only. `unroll` predicts each
+step before observing it; the default is a `lax.scan`, which sequence models override
+with a parallel form that must agree with it. `fresh=True` promises that `state` is
+straight from `init` (a model may skip empty memory); `seen=None` is every step seen.
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+
+def all_seen(xs):
+  """seen [L] for every step of xs [L, ...] seen."""
+  return jnp.ones(xs.shape[:1], bool)
+
+
+def seen_or_own(seen, a, own):
+  """The behaviour an imitator reads: a where the step is seen, else its own prediction
+  own (a constant of the meta-gradient, as a sampled token is in scheduled sampling)."""
+  return jnp.where(seen, a, jax.lax.stop_gradient(own))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,19 +63,19 @@ class Imitator:
   def predict(self, meta, state, x):
     raise NotImplementedError
 
-  def observe(self, meta, state, x, y, a):
+  def observe(self, meta, state, x, y, a, seen=True):
     raise NotImplementedError
 
-  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False):
+  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False, seen=None):
     del fresh
     def step(state, inputs):
-      x, y, a = inputs
+      x, y, a, s = inputs
       a_hat = self.predict(meta, state, x)
-      return self.observe(meta, state, x, y, a), a_hat
+      return self.observe(meta, state, x, y, a, s), a_hat
 
     if self.remat:
       step = jax.checkpoint(step)
-    return jax.lax.scan(step, state, (xs, ys, as_))
+    return jax.lax.scan(step, state, (xs, ys, as_, all_seen(xs) if seen is None else seen))
 
   # helpers shared by the kinds
 

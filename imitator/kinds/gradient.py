@@ -31,6 +31,10 @@ moved by steps that do not shrink random-walks far from it over horizons far bey
 training (BUILD_NOTES, "A thousand times the training horizon"). With eta_task = lr, wd = the teacher's, no tracking and the
 teacher's initial weights it is exactly an SGD teacher, step for step.
 
+On an unseen step (the imitator runs alone) only the task step is taken: no tracking,
+no hypergradient; a Kalman tracker's covariance gets its time update alone (the random
+walk widens it). `context_only` is then frozen by construction.
+
 The baselines are two settings of the same machinery: `frozen` tracks the teacher's
 behaviour for its first `freeze_after` steps and then stops, `context_only` tracks the
 behaviour throughout but never sees y.
@@ -47,7 +51,7 @@ import optax
 from flax import nnx
 
 from imitator.kinds import tracking
-from imitator.kinds.base import Imitator
+from imitator.kinds.base import Imitator, seen_or_own
 from learners import networks
 
 _MOMENTS = (0.9, 0.99)  # EMA decays of the update network's gradient moments
@@ -199,9 +203,12 @@ class GradientImitator(Imitator):
           out * jnp.exp(-meta["log_temperature"]), y).mean()
     return 0.5 * jnp.sum((out - y) ** 2, axis=-1).mean()
 
-  def _step(self, meta, state, x, y, a):
+  def _step(self, meta, state, x, y, a, seen):
     params = state["params"]
     new = dict(state)
+    # Unseen: no tracking, no hypergradient; a is replaced by the imitator's own
+    # prediction only so that the skipped branches compute finite values.
+    a = seen_or_own(seen, a, self.predict(meta, state, x))
     if self.adapt_steps or self.update_net:
       _, g_track = self._loss_grads(meta, params, x, y, a)
     temperature = jnp.exp(meta["log_temperature"])
@@ -209,13 +216,19 @@ class GradientImitator(Imitator):
     if self.tracker == "kalman":
       # noise ratio e^-logit: from P = M the first step removes sigmoid(logit) of the
       # residual, as the affine projection does.
-      params, new["track_cov"], _ = tracking.kalman_projection(
+      prior, noise = self._track_prior(meta), jnp.exp(meta["log_process_noise"])
+      tracked, cov, _ = tracking.kalman_projection(
           lambda p: self.apply(p, x), params, jnp.exp(-meta["track_logit"]), correction,
-          state["track_cov"], jnp.exp(meta["log_process_noise"]), self._track_prior(meta))
+          state["track_cov"], noise, prior)
+      # An unseen step is the filter's time update alone: the random walk widens P.
+      new["track_cov"] = jax.tree.map(
+          lambda c, c0, m: jnp.where(seen, c, c0 + jax.vmap(jnp.diag)(noise * m)),
+          cov, state["track_cov"], prior)
     else:
-      params, _ = tracking.affine_projection(
+      tracked, _ = tracking.affine_projection(
           lambda p: self.apply(p, x), params, jax.nn.sigmoid(meta["track_logit"]),
           correction, self._track_precondition(meta))
+    params = jax.tree.map(lambda n, o: jnp.where(seen, n, o), tracked, params)
     if not self.uses_y:
       new["params"] = params
       return new
@@ -239,6 +252,8 @@ class GradientImitator(Imitator):
               -MAX_LOG_STEP_OFFSET, MAX_LOG_STEP_OFFSET),
           state["log_step_offset"], meta["hyper_step"], g_track,
           state["last_task_update"])
+      offset = jax.tree.map(lambda n, o: jnp.where(seen, n, o), offset,
+                            state["log_step_offset"])
       log_step = jax.tree.map(jnp.add, log_step, offset)
       new["log_step_offset"] = offset
     g_reg = jax.tree.map(lambda g, wd, p: g + wd * p, g_task, decay, params)
@@ -263,10 +278,10 @@ class GradientImitator(Imitator):
     new["params"] = jax.tree.map(jnp.add, params, delta)
     return new
 
-  def observe(self, meta, state, x, y, a):
+  def observe(self, meta, state, x, y, a, seen=True):
     new = state
     for _ in range(self.inner_steps):
-      new = self._step(meta, new, x, y, a)
+      new = self._step(meta, new, x, y, a, seen)
     new = dict(new, t=state["t"] + 1)
     if self.freeze_after:
       learning = state["t"] < self.freeze_after

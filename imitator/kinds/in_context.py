@@ -1,7 +1,9 @@
 """The `in_context` imitator: a sequence model over the stream tokens (x_t, y_t, a_t).
 
-Each step t contributes B observation tokens e = [x, y, a, 1] (after it is observed) and
-B query tokens q = [x, 0, 0, 0] (to predict a_t). Every token at step t attends only to
+Each step t contributes B observation tokens e = [x, y, a, s, 1] (after it is observed)
+and B query tokens q = [x, 0, 0, 0, 0] (to predict a_t). s is 1 when a is the teacher's
+behaviour and 0 on an unseen step, where a is the imitator's own prediction fed back
+(autoregressive generation; `seen_flag=False`, as in runs that predate it, drops s). Every token at step t attends only to
 observation tokens of earlier steps, so predicting a_t never sees (y_t, a_t); the
 prediction is read from the query token. Three architectures:
 
@@ -14,8 +16,9 @@ prediction is read from the query token. Three architectures:
   twice per step, with the teacher's behaviour and with the label, at write strengths
   a GRU controller sets from what it has seen.
 
-`unroll` runs a block of steps in one parallel pass (transformers) and equals stepwise
-predict/observe (tests check both agree).
+`unroll` runs a block of seen steps in one parallel pass (transformers) and equals
+stepwise predict/observe (tests check both agree); with unseen steps it runs stepwise,
+each step's own prediction becoming its token's behaviour.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imitator.kinds.base import Imitator
+from imitator.kinds.base import Imitator, all_seen, seen_or_own
 
 ARCHS = ("transformer", "linear_transformer", "recurrent")
 _NO_STEP = -(2**30)  # step index of an empty cache slot
@@ -148,12 +151,12 @@ class SequenceModel(nnx.Module):
 class DeltaMemory(nnx.Module):
   """Recurrent imitator core: fast weights S [H, dv, dk] and a GRU controller."""
 
-  def __init__(self, x_dim, out_dim, heads, dk, dv, hidden, rngs):
+  def __init__(self, x_dim, out_dim, heads, dk, dv, hidden, rngs, flag: int = 0):
     self.key_lin = nnx.Linear(x_dim, heads * dk // 2, rngs=rngs)
     self.key_tanh = nnx.Linear(x_dim, heads * dk - heads * dk // 2, rngs=rngs)
     self.val_a = nnx.Linear(out_dim, heads * dv, rngs=rngs)
     self.val_y = nnx.Linear(out_dim, heads * dv, rngs=rngs)
-    self.gru = nnx.GRUCell(x_dim + 3 * out_dim + 1, hidden, rngs=rngs)
+    self.gru = nnx.GRUCell(x_dim + 3 * out_dim + 1 + flag, hidden, rngs=rngs)
     self.beta = nnx.Linear(hidden, 2 * heads, rngs=rngs)
     self.readout = nnx.Linear(heads * dv + hidden, out_dim, rngs=rngs)
     self.read_mem = nnx.Linear(heads * dv, out_dim, rngs=rngs)
@@ -179,6 +182,7 @@ class InContextImitator(Imitator):
   d_key: int = 32  # recurrent
   d_value: int = 16
   hidden: int = 64
+  seen_flag: bool = True  # tokens say whether a was the teacher's (see the docstring)
 
   def __post_init__(self):
     if self.arch not in ARCHS:
@@ -191,11 +195,12 @@ class InContextImitator(Imitator):
                        nnx.graphdef(nnx.eval_shape(lambda: self._module(nnx.Rngs(0)))))
 
   def _module(self, rngs):
+    flag = int(self.seen_flag)
     if self.arch == "recurrent":
       return DeltaMemory(self.in_dim, self.out_dim, self.n_heads, self.d_key,
-                         self.d_value, self.hidden, rngs)
-    return SequenceModel(self.in_dim + 2 * self.out_dim + 1, self.out_dim, self.d_model,
-                         self.n_heads, self.n_layers, self.mlp_ratio,
+                         self.d_value, self.hidden, rngs, flag)
+    return SequenceModel(self.in_dim + 2 * self.out_dim + 1 + flag, self.out_dim,
+                         self.d_model, self.n_heads, self.n_layers, self.mlp_ratio,
                          self.arch == "linear_transformer", rngs)
 
   def init_meta(self, key):
@@ -207,13 +212,21 @@ class InContextImitator(Imitator):
   def _flat(self, x):
     return x.reshape(x.shape[0], -1) / math.sqrt(self.in_dim)
 
-  def _tokens(self, x, y=None, a=None):
-    """Token features [n, dx + 2 out + 1]: observations, or queries when y is None."""
+  def _flag(self, seen, n):
+    """The seen feature [n, 1] (or [n, 0] without `seen_flag`) of seen [] or [n]."""
+    s = jnp.broadcast_to(jnp.asarray(seen, jnp.float32).reshape(-1), (n,))[:, None]
+    return s if self.seen_flag else s[:, :0]
+
+  def _tokens(self, x, y=None, a=None, seen=True):
+    """Token features [n, dx + 2 out + 2] (+1 without the flag): observations, or
+    queries when y is None."""
     xf = self._flat(x)
+    n = x.shape[0]
     if y is None:
-      rest = jnp.zeros((x.shape[0], 2 * self.out_dim + 1), xf.dtype)
+      rest = jnp.zeros((n, 2 * self.out_dim + 1 + int(self.seen_flag)), xf.dtype)
     else:
-      rest = jnp.concatenate([self.target_features(y), a, jnp.ones((x.shape[0], 1))], -1)
+      rest = jnp.concatenate([self.target_features(y), a, self._flag(seen, n),
+                              jnp.ones((n, 1))], -1)
     return jnp.concatenate([xf, rest], -1)
 
   # ----------------------------------------------------------------- state
@@ -301,14 +314,15 @@ class InContextImitator(Imitator):
     ctx = jnp.broadcast_to(state["h"], (x.shape[0], self.hidden))
     return self.behaviour(net.readout(jnp.concatenate([mem, ctx], -1)))
 
-  def _recurrent_observe(self, meta, state, x, y, a):
+  def _recurrent_observe(self, meta, state, x, y, a, seen):
     net = self._net(meta)
     mem, k = self._read(net, state, x)
     guess = self.behaviour(net.read_mem(mem))
     yf = self.target_features(y)
     xf = self._flat(x)
     feats = jnp.concatenate([xf, yf, a, a - guess,
-                             jnp.log1p(jnp.sum(xf * xf, -1))[:, None]], -1).mean(0)
+                             jnp.log1p(jnp.sum(xf * xf, -1))[:, None],
+                             self._flag(seen, x.shape[0])], -1).mean(0)
     h, _ = net.gru(state["h"], feats)
     beta = jax.nn.sigmoid(net.beta(h)).reshape(2, self.n_heads)
     S = state["S"]
@@ -332,14 +346,32 @@ class InContextImitator(Imitator):
     h_q, _ = self._layers(net, state, empty, jnp.zeros((0,), jnp.int32), h_q, q_steps)
     return self.behaviour(net.readout(net.ln(h_q)))
 
-  def observe(self, meta, state, x, y, a):
+  def _observe_tokens(self, meta, state, x, y, a, seen):
+    """State after one step's observation tokens (a: the teacher's or the own behaviour)."""
     if self.arch == "recurrent":
-      return self._recurrent_observe(meta, state, x, y, a)
-    return self._parallel_pass(meta, state, x[None], y[None], a[None])[0]
+      return self._recurrent_observe(meta, state, x, y, a, seen)
+    net = self._net(meta)
+    steps = jnp.full((x.shape[0],), state["t"], jnp.int32)
+    h_e = net.embed(self._tokens(x, y, a, seen))
+    empty = jnp.zeros((0, h_e.shape[-1]))
+    _, new_kv = self._layers(net, state, h_e, steps, empty, jnp.zeros((0,), jnp.int32))
+    return self._advance(net, state, new_kv, steps, state["t"])
 
-  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False):
-    if self.arch == "recurrent":
-      return super().unroll(meta, state, xs, ys, as_)
+  def observe(self, meta, state, x, y, a, seen=True):
+    a = seen_or_own(seen, a, self.predict(meta, state, x))
+    return self._observe_tokens(meta, state, x, y, a, seen)
+
+  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False, seen=None):
+    if self.arch == "recurrent" or seen is not None:
+      # Stepwise: an unseen step's token needs the prediction made at that step.
+      def step(state, inputs):
+        x, y, a, s = inputs
+        a_hat = self.predict(meta, state, x)
+        return self._observe_tokens(meta, state, x, y, seen_or_own(s, a, a_hat), s), a_hat
+
+      if self.remat:
+        step = jax.checkpoint(step)
+      return jax.lax.scan(step, state, (xs, ys, as_, all_seen(xs) if seen is None else seen))
     fn = functools.partial(self._parallel_pass, fresh=fresh)
     if self.remat:
       fn = jax.checkpoint(fn)

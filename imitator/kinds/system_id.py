@@ -19,6 +19,9 @@ On `observe(x, y, a)` every particle
    normalized step of `imitator.kinds.tracking` (a fraction `track` of the residual);
 5. learns from (x, y) exactly as a teacher with its estimated hyperparams would.
 
+On an unseen step (the imitator runs alone) only 5 happens: the particles are no longer
+reweighted, refined or tracked, and keep learning from (x, y) as the members they are.
+
 `predict` mixes the particles' behaviours by softmax(log-weights). Meta-params: initial
 weights per network kind, u and a log prior weight per particle, the track fraction,
 the refine steps, the evidence temperature and forgetting, and the encoder. With one
@@ -38,7 +41,7 @@ from flax import nnx
 
 from imitator import metrics
 from imitator.kinds import tracking
-from imitator.kinds.base import Imitator
+from imitator.kinds.base import Imitator, all_seen
 from learners import family as family_lib
 from learners import learner, networks, optimizers
 
@@ -296,12 +299,12 @@ class SystemIdImitator(Imitator):
   def predict(self, meta, state, x):
     return self._mix(state["log_w"], self._predictions(meta, state, x), state["a_rms"])
 
-  def observe(self, meta, state, x, y, a):
+  def observe(self, meta, state, x, y, a, seen=True):
     preds = self._predictions(meta, state, x)
     due = state["t"] % self.refine_every == self.refine_every - 1
-    return self._observe(meta, state, x, y, a, preds, due)
+    return self._observe(meta, state, x, y, a, preds, due, seen)
 
-  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False):
+  def unroll(self, meta, state, xs, ys, as_, fresh: bool = False, seen=None):
     """The scan of predict then observe. Which steps refine is counted from the start
     of `xs` (an unbatched flag, so that `lax.cond` skips the work under `vmap`):
     windows must start at multiples of `refine_every` to equal stepwise `observe`."""
@@ -309,19 +312,23 @@ class SystemIdImitator(Imitator):
     due = jnp.arange(xs.shape[0]) % self.refine_every == self.refine_every - 1
 
     def step(state, inputs):
-      x, y, a, d = inputs
+      x, y, a, d, s = inputs
       preds = self._predictions(meta, state, x)
-      new = self._observe(meta, state, x, y, a, preds, d)
+      new = self._observe(meta, state, x, y, a, preds, d, s)
       return new, self._mix(state["log_w"], preds, state["a_rms"])
 
     if self.remat:
       step = jax.checkpoint(step)
-    return jax.lax.scan(step, state, (xs, ys, as_, due))
+    return jax.lax.scan(step, state, (xs, ys, as_, due,
+                                      all_seen(xs) if seen is None else seen))
 
-  def _observe(self, meta, state, x, y, a, preds, due):
+  def _observe(self, meta, state, x, y, a, preds, due, seen):
     task = self.task
-    seen = jnp.all(jnp.isfinite(a))
-    a = jnp.where(jnp.isfinite(a), a, 0.0)
+    # Unseen (or a teacher that blew up): the particles keep running on (x, y) with
+    # their weights as they are; nothing that reads a (evidence, scales, refinement,
+    # tracking, the encoder) moves.
+    seen = seen & jnp.all(jnp.isfinite(a))
+    a = jnp.where(seen, a, 0.0)
     started = state["t"] > 0
     ema = lambda old, new: jnp.where(started, _SCALE_DECAY * old + (1 - _SCALE_DECAY) * new,
                                      new)
@@ -331,8 +338,8 @@ class SystemIdImitator(Imitator):
     errs = {g: jnp.where(usable[g], metrics.divergence(task, a[None], p).mean(-1), jnp.inf)
             for g, p in preds.items()}
     mix_err = metrics.divergence(task, a, self._mix(state["log_w"], preds, a_rms)).mean()
-    scale = ema(state["scale"], mix_err)
-    keep = 1.0 - jax.nn.sigmoid(meta["forget_logit"])
+    scale = jnp.where(seen, ema(state["scale"], mix_err), state["scale"])
+    keep = jnp.where(seen, 1.0 - jax.nn.sigmoid(meta["forget_logit"]), 1.0)
     sharp = jnp.exp(meta["log_temp"]) / (scale + 1e-12)
     log_w = {g: keep * state["log_w"][g] - jnp.where(
         seen, jnp.minimum(sharp * errs[g], _MAX_EVIDENCE), 0.0) for g in errs}
@@ -354,7 +361,7 @@ class SystemIdImitator(Imitator):
       feats = jnp.concatenate([
           x.reshape(x.shape[0], -1) / jnp.sqrt(self.in_dim), self.target_features(y),
           a, a - best, jnp.ones((x.shape[0], 1))], -1).mean(0)
-      h, _ = enc.gru(h, feats)
+      h = jnp.where(seen, enc.gru(h, feats)[0], h)
 
     new_state = dict(state, u=u, u_rms=u_rms, h=h, log_w=log_w, scale=scale, a_rms=a_rms)
     u_eff = self._effective_u(meta, new_state)

@@ -49,23 +49,26 @@ def _peak(a):
 
 def co_rollout(setting: episodes.Setting, data, imitators: dict, metas: dict, key,
                n: int, horizon: int, chunk: int, block: int, imitator_keys,
-               with_references: bool = True, chunks_per_call: int = 16) -> Sums:
+               with_references: bool = True, chunks_per_call: int = 16,
+               observe: int | None = None) -> Sums:
   """n held-out teachers from `key` (as `episodes.sample(setting.with_horizon(horizon),
   data, key, n, chance=True)` draws them) over `horizon` steps, beside `imitators`
   {name: Imitator} with `metas` {name: meta} started from `imitator_keys` [n]; Sums
-  as NumPy arrays. chunk divides horizon and block divides chunk.
+  as NumPy arrays. chunk divides horizon and block divides chunk. With `observe` the
+  imitators see each teacher's first `observe` steps only and then run alone (None:
+  teacher-forced).
 
   The scan runs `chunks_per_call` chunks per jitted call and each call's block means go
   to the host, so the device holds one call's worth whatever the horizon; the state
   between calls (cursors, learners, imitators) stays on the device."""
   start, more, args = _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
-                             with_references)
+                             with_references, observe)
   carry, first = start(metas, data, *args)
   parts = [jax.device_get(first)]
   done = chunk
   while done < horizon:
     count = min(chunks_per_call, (horizon - done) // chunk)
-    carry, sums = more(metas, data, args[1], args[3], carry, count, done)
+    carry, sums = more(metas, data, args[1], args[3], args[-1], carry, count, done)
     parts.append(jax.device_get(sums))
     done += count * chunk
   return _join(parts)
@@ -77,21 +80,23 @@ def call_memory_mb(setting: episodes.Setting, data, imitators: dict, metas: dict
   """XLA's buffer assignment (arguments + outputs + temporaries - aliases, MB) of the
   larger of `co_rollout`'s two jitted calls: what the device holds at its peak."""
   start, more, args = _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
-                             with_references)
+                             with_references, None)
   carry = jax.eval_shape(start, metas, data, *args)[0]
   count = max(min(chunks_per_call, horizon // chunk - 1), 1)
   compiled = [start.lower(metas, data, *args).compile(),
-              more.lower(metas, data, args[1], args[3], carry, count, chunk).compile()]
+              more.lower(metas, data, args[1], args[3], args[-1], carry, count,
+                         chunk).compile()]
   sizes = [c.memory_analysis() for c in compiled]
   return max(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
              - m.alias_size_in_bytes for m in sizes) / 2**20
 
 
 def _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
-           with_references):
+           with_references, observe):
   """(start, more, args): the jitted first chunk `start(metas, data, *args) -> (carry,
   Sums)`, the jitted run of `count` later chunks from step `first`, `more(metas, data,
-  hp, hp_c, carry, count, first) -> (carry, Sums)`, and the teachers' arrays `args`."""
+  hp, hp_c, observe, carry, count, first) -> (carry, Sums)`, and the arrays `args`
+  (the teachers', then `observe`: the seen steps, an int32 scalar)."""
   if horizon % chunk or chunk % block:
     raise ValueError(f"chunk={chunk} must divide horizon={horizon} and block={block} "
                      f"must divide chunk.")
@@ -99,15 +104,20 @@ def _calls(setting, imitators, key, n, horizon, chunk, block, imitator_keys,
   k_teach, k_stream, k_chance = jax.random.split(key, 3)
   hp, init_keys = episodes.teachers(setting, k_teach, n)
   hp_c, keys_c = episodes.teachers(setting, k_chance, n)
-  start, more = _jitted(setting, tuple(imitators.items()), chunk, block, with_references)
-  args = (jax.random.split(k_stream, n), hp, init_keys, hp_c, keys_c, imitator_keys)
+  start, more = _jitted(setting, tuple(imitators.items()), chunk, block, with_references,
+                        observe is not None)
+  args = (jax.random.split(k_stream, n), hp, init_keys, hp_c, keys_c, imitator_keys,
+          jnp.asarray(horizon if observe is None else observe, jnp.int32))
   return start, more, args
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: bool):
+def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: bool,
+            alone: bool):
   """The jitted `start` and `more` of `_calls`, built once per static setting (so a
-  second co-rollout of the same setting does not compile again)."""
+  second co-rollout of the same setting does not compile again); `alone`: the
+  imitators see only the steps before `observe` (an argument, so every cut shares one
+  compilation)."""
   spec, family, task = setting.spec, setting.family, setting.task
   imitators = dict(imitators)
 
@@ -116,7 +126,7 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
     state, (behaviour, loss) = jax.lax.scan(step, state, (s.x, s.y))
     return state, behaviour, loss
 
-  def run_chunk(metas, data, hp, hp_c, carry, first, fresh):
+  def run_chunk(metas, data, hp, hp_c, observe, carry, first, fresh):
     """One teacher's chunk: the carry after it and its Sums (peak per chunk)."""
     cursor, teacher, chance, refs, ims = carry
     cursor, s = streams.advance(spec, cursor, data, first, chunk)
@@ -126,9 +136,10 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
     for name, state in refs.items():
       new_refs[name], outputs[name], _ = follow(hp, state, s)
     new_ims = {}
+    seen = first + jnp.arange(chunk) < observe if alone else None
     for name, im in imitators.items():
       new_ims[name], outputs[name] = im.unroll(metas[name], ims[name], s.x, s.y, a,
-                                               fresh=fresh)
+                                               fresh=fresh, seen=seen)
     blocks = lambda v: v.reshape(chunk // block, block).mean(-1)
     sums = Sums(
         err={k: blocks(metrics.step_error(task, a, o)) for k, o in outputs.items()},
@@ -142,21 +153,22 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
     return (cursor, teacher, chance, new_refs, new_ims), sums
 
   @jax.jit
-  def start(metas, data, stream_keys, hp, init_keys, hp_c, keys_c, imitator_keys):
+  def start(metas, data, stream_keys, hp, init_keys, hp_c, keys_c, imitator_keys, observe):
     def one(stream_key, hp, init_key, hp_c, key_c, im_key):
       refs = references.initial_states(family, hp, init_key) if with_references else {}
       ims = {name: im.init(metas[name], im_key) for name, im in imitators.items()}
       carry = (streams.start(spec, stream_key, data), learner.init(family, hp, init_key),
                learner.init(family, hp_c, key_c), refs, ims)
       # The first chunk starts from `init`, which lets models skip empty memory.
-      return run_chunk(metas, data, hp, hp_c, carry, 0, True)
+      return run_chunk(metas, data, hp, hp_c, observe, carry, 0, True)
     return jax.vmap(one)(stream_keys, hp, init_keys, hp_c, keys_c, imitator_keys)
 
-  @functools.partial(jax.jit, static_argnums=5)
-  def more(metas, data, hp, hp_c, carry, count, first):
+  @functools.partial(jax.jit, static_argnums=6)
+  def more(metas, data, hp, hp_c, observe, carry, count, first):
     def one(hp, hp_c, carry):
-      return jax.lax.scan(lambda c, t0: run_chunk(metas, data, hp, hp_c, c, t0, False), carry,
-                          first + jnp.arange(count) * chunk)
+      return jax.lax.scan(
+          lambda c, t0: run_chunk(metas, data, hp, hp_c, observe, c, t0, False), carry,
+          first + jnp.arange(count) * chunk)
     carry, sums = jax.vmap(one)(hp, hp_c, carry)
     flat = lambda v: v.reshape(v.shape[0], -1)  # [P, count, blocks] -> [P, count * blocks]
     return carry, sums._replace(

@@ -23,9 +23,17 @@ from imitator.rollout import episodes
 from learners import learner, streams
 
 
-def _unroll_batch(imitator, meta, states, xs, ys, as_, fresh=False):
-  fn = lambda m, s, x, y, a: imitator.unroll(m, s, x, y, a, fresh=fresh)
-  return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0))(meta, states, xs, ys, as_)
+def _unroll_batch(imitator, meta, states, xs, ys, as_, fresh=False, seen=None):
+  fn = lambda m, s, x, y, a, v: imitator.unroll(m, s, x, y, a, fresh=fresh, seen=v)
+  return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0))(meta, states, xs, ys, as_, seen)
+
+
+def seen_steps(observe, start: int | jax.Array, length: int):
+  """seen [P, length] of steps start .. start + length - 1, the first observe [P] steps
+  of each teacher's stream seen (None: every step seen, returned as None)."""
+  if observe is None:
+    return None
+  return (start + jnp.arange(length))[None, :] < jnp.asarray(observe)[:, None]
 
 
 def evaluation_keys(n: int):
@@ -45,9 +53,11 @@ def _window(arrays, start, window):
   return tuple(jax.lax.dynamic_slice_in_dim(a, start, window, axis=1) for a in arrays)
 
 
-def unroll(imitator, meta, keys, xs, ys, as_, chunk: int = 0, probes=None):
+def unroll(imitator, meta, keys, xs, ys, as_, chunk: int = 0, probes=None, observe=None):
   """Runs an imitator over teachers' streams xs [P, T, B, ...] `chunk` steps at a time
-  (0: all at once), so that long horizons need memory for one chunk only. Returns a_hat
+  (0: all at once), so that long horizons need memory for one chunk only; with `observe`
+  [P] (or []) only each teacher's first `observe` steps are seen, after which the
+  imitator runs alone (None: teacher-forced, every step seen). Returns a_hat
   [P, T, B, out]; the imitator's estimate of the hyperparams at each chunk end ({field:
   [P, T // chunk]}, system_id only, else None); and its predictions on per-teacher
   `probes` [P, n, ...] before each chunk ([P, T // chunk, n, out], or None)."""
@@ -61,46 +71,52 @@ def unroll(imitator, meta, keys, xs, ys, as_, chunk: int = 0, probes=None):
     probe = None if probe_x is None else imitator.predict(meta, state, probe_x)
     return est, probe
 
-  def one(key, x, y, a, probe_x):
+  def one(key, x, y, a, seen, probe_x):
     def body(state, w):
       _, probe = extras(state, probe_x)
-      state, a_hat = imitator.unroll(meta, state, *w)
+      x, y, a, seen = w
+      state, a_hat = imitator.unroll(meta, state, x, y, a, seen=seen)
       return state, (a_hat, extras(state, None)[0], probe)
 
     # The first chunk starts from `init`, which lets models skip empty memory.
     state = imitator.init(meta, key)
     _, probe0 = extras(state, probe_x)
-    state, a0 = imitator.unroll(meta, state, x[:chunk], y[:chunk], a[:chunk], fresh=True)
+    first = None if seen is None else seen[:chunk]
+    state, a0 = imitator.unroll(meta, state, x[:chunk], y[:chunk], a[:chunk], fresh=True,
+                                seen=first)
     est0, _ = extras(state, None)
     chunks = lambda v: v[chunk:].reshape((horizon // chunk - 1, chunk) + v.shape[1:])
     _, (a_rest, est_rest, probe_rest) = jax.lax.scan(body, state,
-                                                     jax.tree.map(chunks, (x, y, a)))
+                                                     jax.tree.map(chunks, (x, y, a, seen)))
     cat = lambda first, more: None if first is None else jax.tree.map(
         lambda f, m: jnp.concatenate([f[None], m]), first, more)
     a_hat = jnp.concatenate([a0, a_rest.reshape((-1,) + a0.shape[1:])])
     return a_hat, cat(est0, est_rest), cat(probe0, probe_rest)
 
-  return jax.vmap(one)(keys, xs, ys, as_, probes)
+  if observe is not None:
+    observe = jnp.broadcast_to(jnp.asarray(observe), xs.shape[:1])
+  return jax.vmap(one)(keys, xs, ys, as_, seen_steps(observe, 0, horizon), probes)
 
 
-def _window_loss(imitator, meta, states, xw, yw, aw, fresh=False):
-  """(mean D over one window of P teachers, imitator states after it)."""
-  states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw, fresh)
+def _window_loss(imitator, meta, states, xw, yw, aw, seen=None, fresh=False):
+  """(mean D over one window of P teachers, imitator states after it); every step is
+  scored, seen or not (seen [P, window] or None: all seen)."""
+  states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw, fresh, seen)
   return metrics.step_error(imitator.task, aw, a_hat).mean(), states
 
 
-def _first_window(imitator, meta, keys, xw, yw, aw):
+def _first_window(imitator, meta, keys, xw, yw, aw, seen=None):
   """((loss, states), grads) of the first window: gradients also flow through the
   imitator's initial state."""
   first = lambda m: _window_loss(imitator, m, init_states(imitator, m, keys), xw, yw, aw,
-                                 fresh=True)
+                                 seen, fresh=True)
   return jax.value_and_grad(first, has_aux=True)(meta)
 
 
-def _later_window(imitator, meta, states, xw, yw, aw):
+def _later_window(imitator, meta, states, xw, yw, aw, seen=None):
   """((loss, states), grads) of a later window: the carried state is a constant."""
   return jax.value_and_grad(_window_loss, argnums=1, has_aux=True)(
-      imitator, meta, jax.lax.stop_gradient(states), xw, yw, aw)
+      imitator, meta, jax.lax.stop_gradient(states), xw, yw, aw, seen)
 
 
 def _check_truncation(truncation, horizon):
@@ -108,21 +124,24 @@ def _check_truncation(truncation, horizon):
     raise ValueError(f"train.truncation={truncation} must divide the horizon {horizon}.")
 
 
-def loss_and_grads(imitator, meta, keys, xs, ys, as_, truncation: int = 0):
-  """(mean imitation loss, its gradient w.r.t. meta) over P teachers [P, T, ...]."""
+def loss_and_grads(imitator, meta, keys, xs, ys, as_, truncation: int = 0, observe=None):
+  """(mean imitation loss, its gradient w.r.t. meta) over P teachers [P, T, ...]; with
+  `observe` [P] each teacher is seen for its first observe steps only (None: all)."""
   horizon = xs.shape[1]
   window = truncation or horizon
   _check_truncation(window, horizon)
   n = horizon // window
   (loss, states), grads = _first_window(imitator, meta, keys, xs[:, :window],
-                                        ys[:, :window], as_[:, :window])
+                                        ys[:, :window], as_[:, :window],
+                                        seen_steps(observe, 0, window))
   if n == 1:
     return loss, grads
 
   def body(carry, start):
     states, loss_sum, grad_sum = carry
     (l, states), g = _later_window(imitator, meta, states,
-                                   *_window((xs, ys, as_), start, window))
+                                   *_window((xs, ys, as_), start, window),
+                                   seen_steps(observe, start, window))
     return (states, loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), None
 
   (_, loss, grads), _ = jax.lax.scan(body, (states, loss, grads),
@@ -131,13 +150,14 @@ def loss_and_grads(imitator, meta, keys, xs, ys, as_, truncation: int = 0):
 
 
 def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, keys,
-                            n: int, truncation: int, place=lambda a: a) -> dict:
+                            n: int, truncation: int, place=lambda a: a,
+                            observe=None) -> dict:
   """{name: (mean imitation loss, gradient w.r.t. metas[name])} of every imitator on n
   fresh teachers, the teachers and streams `episodes.sample(setting, data, key, n)`
-  draws, imitator states from keys [n]. The teachers' streams are generated and rolled
-  out `truncation` steps at a time beside the imitators (`streams.advance`), so memory is
-  bounded by the window, data included; `place` puts each teacher-axis array on its
-  device."""
+  draws, imitator states from keys [n], each teacher seen for its first `observe` [n]
+  steps (None: all). The teachers' streams are generated and rolled out `truncation`
+  steps at a time beside the imitators (`streams.advance`), so memory is bounded by the
+  window, data included; `place` puts each teacher-axis array on its device."""
   spec, family = setting.spec, setting.family
   _check_truncation(truncation, spec.horizon)
   k_teach, k_stream, _ = jax.random.split(key, 3)
@@ -162,7 +182,8 @@ def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, ke
   cursors, teachers, xya = teach(cursors, teachers, 0)
   states, losses, grads = {}, {}, {}
   for name, im in imitators.items():
-    (losses[name], states[name]), grads[name] = _first_window(im, metas[name], keys, *xya)
+    (losses[name], states[name]), grads[name] = _first_window(
+        im, metas[name], keys, *xya, seen_steps(observe, 0, truncation))
   count = spec.horizon // truncation
   if count == 1:
     return {name: (losses[name], grads[name]) for name in imitators}
@@ -171,7 +192,8 @@ def streamed_loss_and_grads(imitators: dict, metas: dict, setting, data, key, ke
     cursors, teachers, states, losses, grads = carry
     cursors, teachers, xya = teach(cursors, teachers, first)
     for name, im in imitators.items():
-      (l, states[name]), g = _later_window(im, metas[name], states[name], *xya)
+      (l, states[name]), g = _later_window(im, metas[name], states[name], *xya,
+                                           seen_steps(observe, first, truncation))
       losses[name] = losses[name] + l
       grads[name] = jax.tree.map(jnp.add, grads[name], g)
     return (cursors, teachers, states, losses, grads), None

@@ -99,8 +99,10 @@ def read_saved_config(workdir: str) -> dict | None:
 
 # Fields whose default changed after they were added: a run that predates the field
 # ran with the value here (the behaviour before the field existed), not today's default.
-BEFORE_FIELD = {"imitator": {"gradient": {"tracker": "affine", "adapt_settle_after": 0}},
-                "baselines": {"tracker": "affine"}}
+BEFORE_FIELD = {"imitator": {"gradient": {"tracker": "affine", "adapt_settle_after": 0},
+                             "in_context": {"seen_flag": False}},
+                "baselines": {"tracker": "affine"},
+                "train": {"free_running": {"fraction": 0.0}}}
 
 
 def load_config(workdir: str, defaults: config_dict.ConfigDict | None = None):

@@ -70,7 +70,8 @@ SCHEMA: dict[str, Any] = {
         "in_context": {"arch": _choice(in_context.ARCHS),
                        "d_model": _int(1), "n_heads": _int(1), "n_layers": _int(1),
                        "mlp_ratio": _int(1), "context": _int(1, optional=True),
-                       "d_key": _int(1), "d_value": _int(1), "hidden": _int(1)},
+                       "d_key": _int(1), "d_value": _int(1), "hidden": _int(1),
+                       "seen_flag": _BOOL},
         "system_id": {"mode": _choice(system_id.MODES),
                       "encoder_hidden": _int(1), "max_particles": _int(1),
                       "init_track": _float(0, 1, open_low=True),
@@ -92,7 +93,9 @@ SCHEMA: dict[str, Any] = {
               "log_every": _int(1), "eval_every": _int(1), "checkpoint_every": _int(1),
               "keep_checkpoints": _int(1), "distributed": _BOOL,
               "nonfinite_patience": _int(1), "max_rollbacks": _int(0),
-              "rollback_lr_factor": _float(0, 1, open_low=True), "tensorboard": _BOOL},
+              "rollback_lr_factor": _float(0, 1, open_low=True), "tensorboard": _BOOL,
+              "free_running": {"fraction": _float(0, 1), "observe_min": _int(1),
+                               "observe_max": _int(1), "horizon": _int(0)}},
     "eval": {"seed": _int(0), "val_teachers": _int(2), "teachers": _int(2),
              "chunk": _int(0)},
 }
@@ -179,7 +182,6 @@ def validate(config) -> None:
       raise ValueError(f"config.{block} is missing.")
   _check("", config, SCHEMA)
   _check_numbers(config)
-  _check_priors(config.family.get("priors"))
   streams.StreamSpec.from_config(config.stream)
   unknown = sorted(set(config.get("teacher", {}).keys()) - set(family_lib.FIELDS))
   if unknown:
@@ -190,6 +192,7 @@ def validate(config) -> None:
     if not (isinstance(value, str) or (value is None and field != "name")):
       raise ValueError(f"family.{field}={value!r} is not allowed: it must be a string "
                        "(comma-separated names; priors: 'FIELD=PRIOR; ...').")
+  _check_priors(config.family.get("priors"))  # a string by now
   for field, value in config.get("teacher", {}).items():
     kinds = (str, int) if field in family_lib.DISCRETE else (int, float)
     if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
@@ -203,6 +206,22 @@ def validate(config) -> None:
   if config.train.truncation and horizon % config.train.truncation:
     raise ValueError(f"train.truncation={config.train.truncation} must divide "
                      f"stream.horizon={horizon} (0 turns truncation off).")
+  fr = config.train.free_running
+  episode = fr.horizon or horizon
+  if fr.fraction and not fr.observe_min <= fr.observe_max < episode:
+    raise ValueError(
+        f"train.free_running: observe_min={fr.observe_min}, observe_max={fr.observe_max} "
+        f"must satisfy 1 <= observe_min <= observe_max < the episode's {episode} steps "
+        "(train.free_running.horizon, or stream.horizon when it is 0).")
+  if fr.horizon and config.train.truncation and fr.horizon % config.train.truncation:
+    raise ValueError(f"train.free_running.horizon={fr.horizon} must be a multiple of "
+                     f"train.truncation={config.train.truncation}.")
+  if fr.horizon and fr.horizon < horizon:
+    raise ValueError(f"train.free_running.horizon={fr.horizon} must be 0 or at least "
+                     f"stream.horizon={horizon}.")
+  if fr.horizon and fr.fraction and config.train.curriculum.strip():
+    raise ValueError("train.curriculum and train.free_running.horizon cannot be combined "
+                     "(set one of them).")
   for part in filter(None, (p.strip() for p in config.train.curriculum.split(","))):
     if not 0 < int(part.split("@")[0]) <= horizon:
       raise ValueError(f"train.curriculum={config.train.curriculum!r}: horizon "

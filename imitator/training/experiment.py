@@ -28,6 +28,11 @@ def optimizer(train_cfg) -> optax.GradientTransformation:
                      optax.adam(schedule))
 
 
+# Alone validation (free-running training): the teacher seen for T_train steps, the
+# NIE over the last T_train steps of this many.
+ALONE_VALIDATION = 4
+
+
 class Experiment:
   """Everything static a run needs, built from the config."""
 
@@ -69,10 +74,14 @@ class Experiment:
     traced once, not again on its second call)."""
     return jax.device_put(ts, NamedSharding(self.mesh, PartitionSpec()))
 
-  def validation_fn(self):
-    """Jitted: meta -> ({name: err [P, T]}, chance [P, T]) on the fixed validation set."""
+  def validation_fn(self, alone: bool = False):
+    """Jitted: meta -> ({name: err [P, T]}, chance [P, T]) on the fixed validation set;
+    `alone`: episodes of ALONE_VALIDATION x T_train steps, seen for the first T_train."""
     cfg = self.config.eval
+    t = self.setting.t
+    setting = self.setting.with_horizon(ALONE_VALIDATION * t) if alone else self.setting
     key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    val = jax.jit(lambda k: episodes.sample(self.setting, self.data, k, cfg.val_teachers,
+    val = jax.jit(lambda k: episodes.sample(setting, self.data, k, cfg.val_teachers,
                                             chance=True))(key)
-    return battery.errors_fn(self.imitators, self.setting, val, cfg.chunk)
+    return battery.errors_fn(self.imitators, setting, val, cfg.chunk,
+                             observe=t if alone else None)

@@ -2,7 +2,9 @@
 
 A step samples fresh teachers and streams, rolls the teachers out, unrolls the imitator
 and the baselines beside them (predict, then observe), and updates each one's
-meta-params with optax on its imitation loss. A step whose loss or meta-gradient is not
+meta-params with optax on its imitation loss. With `train.free_running` a fraction of
+the teachers is shown for a drawn number of steps only, and the imitators are scored
+alone after it (`episode_cuts`). A step whose loss or meta-gradient is not
 finite leaves that one's meta-params unchanged and is counted. Metrics are summed on
 device until a log step reads them.
 """
@@ -55,6 +57,25 @@ def curriculum(train_cfg, horizon: int) -> list[tuple[int, int]]:
   return stages + [(horizon, train_cfg.steps)]
 
 
+def episode_cuts(fr, key, n: int, horizon: int):
+  """[n] steps each teacher is seen for: a `fr.fraction` of them a K uniform in
+  [fr.observe_min, fr.observe_max], the others the whole `horizon`; None when
+  fr.fraction is 0 (teacher-forced)."""
+  if not fr.fraction:
+    return None
+  k_free, k_cut = jax.random.split(key)
+  free = jax.random.uniform(k_free, (n,)) < fr.fraction
+  cut = jax.random.randint(k_cut, (n,), fr.observe_min, fr.observe_max + 1)
+  return jnp.where(free, cut, horizon)
+
+
+def episode_horizon(config, horizon: int) -> int:
+  """Steps of a training episode at a curriculum horizon: train.free_running.horizon
+  when free-running episodes are on and it is set, else the curriculum's."""
+  fr = config.train.free_running
+  return fr.horizon if fr.fraction and fr.horizon else horizon
+
+
 class Curriculum:
   """The horizon of each outer step and its jitted step, traced once per horizon."""
 
@@ -75,6 +96,7 @@ class Curriculum:
 def step_fn(exp, horizon: int):
   """The jitted outer step of `exp` (an `experiment.Experiment`) at a curriculum horizon:
   TrainState -> TrainState, replicated over the mesh; the argument is donated."""
+  horizon = episode_horizon(exp.config, horizon)
   setting = exp.setting.with_horizon(horizon)
   truncation = min(exp.config.train.truncation or horizon, horizon)
   n = exp.config.train.teachers
@@ -86,14 +108,18 @@ def step_fn(exp, horizon: int):
                                                 ts.step), ts.rollbacks)
     k_ep, k_im = jax.random.split(key)
     im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
+    cuts = episode_cuts(exp.config.train.free_running, jax.random.fold_in(k_im, 1), n,
+                        horizon)
+    if cuts is not None:
+      cuts = jax.lax.with_sharding_constraint(cuts, sharding)
     if truncation < horizon:  # the teachers' data is made window by window too
       place = lambda a: jax.lax.with_sharding_constraint(a, sharding)
       out = objective.streamed_loss_and_grads(exp.imitators, ts.meta, setting, exp.data,
-                                              k_ep, im_keys, n, truncation, place)
+                                              k_ep, im_keys, n, truncation, place, cuts)
     else:
       ep = episodes.sample(setting, exp.data, k_ep, n, sharding=sharding)
       out = {name: objective.loss_and_grads(im, ts.meta[name], im_keys, ep.x, ep.y,
-                                            ep.behaviour, truncation)
+                                            ep.behaviour, truncation, cuts)
              for name, im in exp.imitators.items()}
     # Each imitator has its own optimizer and guard: a non-finite loss or gradient
     # leaves that imitator's meta-params and optimizer state as they were.

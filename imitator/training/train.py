@@ -280,6 +280,10 @@ class _MetricsLog:
       import tensorboardX  # pylint: disable=import-outside-toplevel
       self._writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
     self._validate = exp.validation_fn()
+    # With free-running episodes the best checkpoint is chosen by the mean of the
+    # teacher-forced and the alone validation NIE.
+    self._validate_alone = (exp.validation_fn(alone=True)
+                            if exp.config.train.free_running.fraction else None)
     self.started = self._t_last = time.time()
     self._s_last = step
 
@@ -314,7 +318,7 @@ class _MetricsLog:
 
   def _record(self, ts, step, horizon, last):
     sums, count = jax.device_get((ts.sums, ts.count))
-    record = {"step": step, "horizon": horizon}
+    record = {"step": step, "horizon": outer_step.episode_horizon(self._exp.config, horizon)}
     record.update({k: float(v) / max(int(count), 1) for k, v in sums.items()})
     record["nonfinite_steps"] = int(ts.bad_total)
     record.update({f"nonfinite_steps/{k}": int(v) for k, v in ts.bad.items()})
@@ -324,7 +328,14 @@ class _MetricsLog:
     chance = np.asarray(chance)
     nie = {name: metrics.nie(np.asarray(e), chance) for name, e in errs.items()}
     record.update({f"val_nie/{k}": v for k, v in nie.items()})
-    return record, nie["imitator"]
+    if self._validate_alone is None:
+      return record, nie["imitator"]
+    errs, chance = self._validate_alone(ts.meta)
+    last = lambda v: np.asarray(v)[:, -self._exp.setting.t:]
+    alone = {name: metrics.nie(last(e), last(chance)) for name, e in errs.items()}
+    record.update({f"val_nie_alone/{k}": v for k, v in alone.items()})
+    record["val_score/imitator"] = (nie["imitator"] + alone["imitator"]) / 2
+    return record, record["val_score/imitator"]
 
   def close(self):
     if self._writer is not None:

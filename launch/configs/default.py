@@ -48,7 +48,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   config.imitator.in_context = dict(
       arch="transformer", d_model=64, n_heads=4, n_layers=2, mlp_ratio=2,
       context=config_dict.placeholder(int),  # None: the training horizon
-      d_key=32, d_value=16, hidden=64)
+      d_key=32, d_value=16, hidden=64,
+      seen_flag=True)  # tokens say whether a_t was the teacher's or the imitator's own
   config.imitator.system_id = dict(mode="both", encoder_hidden=32, max_particles=64,
                                    init_track=0.5, init_refine=0.05, init_temp=1.0,
                                    init_forget=0.01, refine_every=4, split_groups=True,
@@ -70,7 +71,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       # max_rollbacks such returns.
       nonfinite_patience=10, max_rollbacks=3, rollback_lr_factor=0.5,
       tensorboard=False,  # also write the logged metrics to workdir/tensorboard
-      distributed=False)
+      distributed=False,
+      # Episodes scored alone (scheduled-sampling style): a `fraction` of each step's
+      # teachers is shown for its first K steps only, K uniform in [observe_min,
+      # observe_max], and the imitator is scored on every step, seen or alone; the
+      # episodes are `horizon` steps (0: the stream's), the others teacher-forced.
+      free_running=dict(fraction=0.0, observe_min=16, observe_max=64, horizon=0))
 
   config.eval = dict(seed=10_000, val_teachers=32, teachers=128,
                      chunk=0)  # evaluation unrolls this many steps per call; 0 = whole horizon
