@@ -1,15 +1,25 @@
-"""Markdown result tables of several runs, generated only from their files.
+"""Markdown result tables and the headline figure of several runs, generated only from
+their files.
 
     python -m launch.results --workdirs=runs/default,runs/gradient
-    python -m launch.results --workdirs=runs/default,runs/gradient --readme=README.md
+    python -m launch.results --workdirs=runs/default+runs/default_1024,runs/mixed \
+        --readme=README.md --results=docs/RESULTS.md --figure=docs/headline.png
 
-Reads each run's config.json and eval/report.json and prints (a) a headline table, one
-row per run: NIE at 1x and 16x T_train (shift none) and the median identification step
-of the trained imitator, the baselines and the references; (b) per run, NIE at 1x and
-16x on every shift of the battery; (c) breaking points of the runs with strength sweeps;
-(d) the paired comparison of the imitator with the better baseline. With --readme, the
-tables replace the lines between `<!-- results:begin -->` and `<!-- results:end -->`.
-A missing file or figure shows as "n/a (reason)".
+Reads each run's config.json and eval/report.json; `A+B` is one run evaluated into
+copies (B's rows fill in what A lacks, e.g. a 1024 x T_train evaluation kept apart), the
+command and config being A's. Prints (a) the alone table: per run, the trained
+imitator's NIE teacher-forced and alone after the teacher's first T_train steps, its
+free-running horizon, beside untrained and known_hparams alone, with the paired ratio to
+known_hparams; (b) a teacher-forced table, one row per run: NIE at 1x and 16x T_train
+(shift none) and the median identification step of the trained imitator, the baselines
+and the references; (c) per run, NIE at 1x and 16x on every shift of the battery,
+teacher-forced and alone; (d) breaking points of the runs with strength sweeps; (e) the
+paired comparison of the imitator with the better baseline. Each table states the
+command of its run once, above it, where it holds one run. With --readme, table (a)
+replaces the lines between `<!-- results:begin -->` and `<!-- results:end -->`; with
+--results, all of them replace that block of the file given; --figure draws the first
+run's NIE against the horizon (teacher-forced and alone, with 95% bands). A missing file
+or figure shows as "n/a (reason)".
 """
 
 from __future__ import annotations
@@ -17,11 +27,13 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from absl import flags
 from ml_collections import config_dict
 
 from imitator import metrics
-from imitator.evaluation import render
+from imitator.evaluation import render, report_json
 from imitator.kinds import registry
 from imitator.rollout import references
 from launch import cli
@@ -33,10 +45,14 @@ OTHERS = references.BASELINES + (references.UNTRAINED, references.KNOWN_HPARAMS,
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories, comma-separated.",
                               required=True)
 _README = flags.DEFINE_string("readme", None, "Markdown file whose results block "
-                              f"({BEGIN} ... {END}) the tables replace.")
+                              f"({BEGIN} ... {END}) the alone table replaces.")
+_RESULTS = flags.DEFINE_string("results", None, "Markdown file whose results block every "
+                               "table replaces (docs/RESULTS.md).")
+_FIGURE = flags.DEFINE_string("figure", None, "PNG of the first run's NIE against the "
+                              "horizon, teacher-forced and alone.")
 
 
-def load(workdir: str) -> dict:
+def _read(workdir: str) -> dict:
   """{"workdir", "config": dict or None, "report": dict or None, "missing": reason}."""
   run = {"workdir": workdir, "config": None, "report": None, "missing": {}}
   for key, rel in (("config", "config.json"), ("report", os.path.join("eval", "report.json"))):
@@ -49,6 +65,26 @@ def load(workdir: str) -> dict:
     except (OSError, ValueError) as e:
       run["missing"][key] = f"{rel} unreadable: {e}"
   return run
+
+
+def load(workdirs: str) -> dict:
+  """A run read from `A` or `A+B+...` (copies of A evaluated apart: their rows and
+  comparisons fill in keys A's report lacks)."""
+  first, *more = [_read(w) for w in workdirs.split("+")]
+  for other in more:
+    rep = other["report"]
+    if rep is None:
+      continue
+    if first["report"] is None:
+      first["report"], first["missing"] = rep, {k: v for k, v in first["missing"].items()
+                                                if k != "report"}
+      continue
+    for field, key in (("results", report_json.ROW_KEY),
+                       ("comparisons", report_json.COMPARISON_KEY)):
+      have = {tuple(r.get(k) for k in key) for r in first["report"].get(field, [])}
+      first["report"].setdefault(field, []).extend(
+          r for r in rep.get(field, []) if tuple(r.get(k) for k in key) not in have)
+  return first
 
 
 def _na(reason: str) -> str:
@@ -93,15 +129,18 @@ def label(run: dict) -> str | None:
     return None
 
 
-def _figure(run: dict, name: str, shift: str, multiple: int) -> str:
-  """NIE [CI] of `name` at multiple x T_train (unswept), from a run with a report."""
+def _figure(run: dict, name: str, shift: str, multiple: int, observe=None) -> str:
+  """NIE [CI] of `name` at multiple x T_train (unswept), teacher-forced or alone after
+  `observe` steps, from a run with a report."""
   rep = run["report"]
   h = multiple * rep["t_train"]
-  r = render.rows_by(rep).get((name, shift, None, h))
+  r = render.rows_by(rep, observe).get((name, shift, None, h))
   if r is None:
     evaluated = any(r["horizon"] > rep["t_train"] for r in rep["results"])
-    return _na(f"no {name} row at {multiple}x" + (
-        "" if evaluated else "; run launch.evaluate"))
+    how = "" if observe is None else " alone"
+    hint = ("; run launch.evaluate" + (f" --observe={observe}" if observe else "")
+            if not evaluated or observe else "")
+    return _na(f"no {name}{how} row at {multiple}x{hint}")
   return render.with_ci(r["nie"], r["nie_ci"])
 
 
@@ -116,6 +155,46 @@ def _identified(run: dict, name: str) -> str:
 
 def _present(run: dict, name: str) -> bool:
   return any(r["imitator"] == name for r in (run["report"] or {}).get("results", []))
+
+
+def _alone_row(run: dict, name: str, multiple: int):
+  """The row of `name` alone after T_train steps at multiple x T_train, or None."""
+  rep = run["report"]
+  return render.rows_by(rep, rep["t_train"]).get((name, "none", None,
+                                                  multiple * rep["t_train"]))
+
+
+def alone_table(runs: list) -> list:
+  """(a): how long each run's trained imitator holds alone after T_train steps seen."""
+  last = metrics.HORIZON_MULTIPLES[-1]
+  far = max([r["horizon"] // (run["report"] or {}).get("t_train", 1)
+             for run in runs for r in (run["report"] or {}).get("results", [])] + [last])
+  head = ["run", "family", "imitator", f"teacher-forced {last}x", "alone 2x",
+          f"alone {last}x", f"alone {far}x",
+          f"free-running horizon (median teacher, NIE > {metrics.IDENTIFIED_NIE:g})",
+          f"untrained alone {last}x", f"known_hparams {last}x",
+          f"alone {last}x / known_hparams (paired)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for run in runs:
+    name = label(run)
+    cells = [command(run), family(run), name or _na("no imitator found")]
+    if run["report"] is None or name is None:
+      reason = _na(run["missing"].get("report", "no imitator found"))
+      lines.append("| " + " | ".join(cells + [reason] * (len(head) - 3)) + " |")
+      continue
+    t = run["report"]["t_train"]
+    far_row = _alone_row(run, name, far)
+    ratio = render.comparison(run["report"], "none", None, last * t,
+                              references.KNOWN_HPARAMS, t)
+    cells += [_figure(run, name, "none", last), _figure(run, name, "none", 2, t),
+              _figure(run, name, "none", last, t), _figure(run, name, "none", far, t),
+              render.free_running(far_row or _alone_row(run, name, last) or {}),
+              _figure(run, references.UNTRAINED, "none", last, t),
+              _figure(run, references.KNOWN_HPARAMS, "none", last),
+              render.with_ci(ratio["nie_ratio"], ratio["nie_ratio_ci"]) if ratio
+              else _na(f"no paired comparison alone at {last}x")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
 
 
 def headline(runs: list) -> list:
@@ -150,71 +229,154 @@ def _battery_shifts(rep: dict) -> list:
                             if r.get("strength") is None and r["shift"] != "forgetting"))
 
 
+def _cuts(rep: dict) -> list:
+  """The cuts a report has alone rows for, teacher-forced (None) first."""
+  return [None] + sorted({r["observe"] for r in rep["results"]
+                          if r.get("observe") is not None})
+
+
 def shift_tables(runs: list) -> list:
+  """(c): per run and cut, NIE at 1x (alone: 2x) / 16x on every unswept shift."""
   last = metrics.HORIZON_MULTIPLES[-1]
   lines = []
   for run in runs:
-    lines += ["", f"NIE at 1x / {last}x T_train on every shift, {command(run)}:", ""]
     rep = run["report"]
     if rep is None:
-      lines.append(_na(run["missing"]["report"]))
+      lines += ["", f"{command(run)}: {_na(run['missing']['report'])}"]
       continue
     names = [n for n in [label(run)] + list(OTHERS) if n and _present(run, n)]
-    lines += ["| shift | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-    for shift in _battery_shifts(rep):
-      lines.append(f"| {shift} | " + " | ".join(
-          f"{_figure(run, n, shift, 1)} / {_figure(run, n, shift, last)}" for n in names)
-                   + " |")
+    for observe in _cuts(rep):
+      first = 1 if observe is None else 2
+      mode = ("teacher-forced" if observe is None else
+              f"alone after the teacher's first {observe} steps")
+      lines += ["", f"NIE at {first}x / {last}x T_train on every shift, {mode}, "
+                f"{command(run)}:", "",
+                "| shift | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+      for shift in _battery_shifts(rep):
+        lines.append(f"| {shift} | " + " | ".join(
+            f"{_figure(run, n, shift, first, observe)} / "
+            f"{_figure(run, n, shift, last, observe)}" for n in names) + " |")
   return lines
 
 
-def breaking_table(runs: list) -> list:
-  lines = ["| run | imitator | shift | breaking strength | swept | horizon |",
-           "|---|---|---|---|---|---|"]
-  found = False
+def breaking_tables(runs: list) -> list:
+  """(d): per run with strength sweeps, its breaking points."""
+  lines = []
   for run in runs:
-    for p in (run["report"] or {}).get("breaking_points", []):
-      found = True
+    points = (run["report"] or {}).get("breaking_points", [])
+    if not points:
+      continue
+    lines += ["", f"{command(run)}:", "",
+              "| imitator | shift | breaking strength | swept | horizon |",
+              "|---|---|---|---|---|"]
+    for p in points:
       broke = "none" if p["breaking_strength"] is None else f"{p['breaking_strength']:g}"
-      lines.append(f"| {command(run)} | {p['imitator']} | {p['shift']} | {broke} | "
-                   f"{', '.join(f'{s:g}' for s in p['swept'])} | {p['horizon']} |")
-  return lines if found else [_na("no run has strength sweeps (launch.evaluate --sweep)")]
+      lines.append(f"| {p['imitator']}{render.alone_text(p.get('observe'))} | {p['shift']} | "
+                   f"{broke} | {', '.join(f'{s:g}' for s in p['swept'])} | {p['horizon']} |")
+  return lines or ["", _na("no run has strength sweeps (launch.evaluate --sweep)")]
 
 
-def comparison_table(runs: list) -> list:
-  lines = ["| run | shift | horizon | better baseline | NIE difference [95% CI] | "
-           "NIE ratio [95% CI] |", "|---|---|---|---|---|---|"]
+def comparison_tables(runs: list) -> list:
+  """(e): per run, the trained imitator against the better baseline on every shift."""
+  lines = []
   for run in runs:
     rep = run["report"]
+    lines += ["", f"{command(run)}:", ""]
     if rep is None:
-      lines.append(f"| {command(run)} | {_na(run['missing']['report'])} | | | | |")
+      lines.append(_na(run["missing"]["report"]))
       continue
+    lines += ["| shift | horizon | better baseline | NIE difference [95% CI] | "
+              "NIE ratio [95% CI] |", "|---|---|---|---|---|"]
     t = rep["t_train"]
-    by_key = render.rows_by(rep)
-    for shift in _battery_shifts(rep):
-      for multiple in (1, metrics.HORIZON_MULTIPLES[-1]):
-        versus = render.better_baseline(by_key, shift, None, multiple * t)
-        c = versus and render.comparison(rep, shift, None, multiple * t, versus)
-        if not c:
-          continue
-        lines.append(f"| {command(run)} | {shift} | {multiple}x | {versus} | "
-                     f"{render.with_ci(c['nie_diff'], c['nie_diff_ci'])} | "
-                     f"{render.with_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
+    for observe in _cuts(rep):
+      by_key = render.rows_by(rep, observe)
+      for shift in _battery_shifts(rep):
+        for multiple in ((1,) if observe is None else (2,)) + (metrics.HORIZON_MULTIPLES[-1],):
+          versus = render.better_baseline(by_key, shift, None, multiple * t)
+          c = versus and render.comparison(rep, shift, None, multiple * t, versus, observe)
+          if c:
+            lines.append(f"| {shift}{render.alone_text(observe)} | {multiple}x | {versus} | "
+                         f"{render.with_ci(c['nie_diff'], c['nie_diff_ci'])} | "
+                         f"{render.with_ci(c['nie_ratio'], c['nie_ratio_ci'])} |")
   return lines
 
 
 def tables(workdirs: list) -> str:
-  """The four markdown tables of the runs in `workdirs`."""
+  """Every table of the runs in `workdirs` (each `A` or `A+B+...`)."""
   runs = [load(w) for w in workdirs]
-  lines = ["Held-out NIE [95% CI over teachers], shift none, at 1x and 16x T_train; "
-           "identified: the median teacher's identification step / T_train.", ""]
+  lines = ["### Alone: how long each imitation holds in the teacher's place", "",
+           "Held-out NIE [95% CI over teachers], shift none: teacher-forced (every step's "
+           "behaviour shown), and alone (only the teacher's first T_train steps shown, "
+           "then the imitator runs in its place from inputs and labels).", ""]
+  lines += alone_table(runs)
+  lines += ["", "### Teacher-forced, shift none", "",
+            "Held-out NIE [95% CI over teachers] at 1x and 16x T_train; identified: the "
+            "median teacher's identification step / T_train.", ""]
   lines += headline(runs)
-  lines += ["", "Every shift of the battery:"] + shift_tables(runs)
-  lines += ["", "Breaking points (smallest swept strength whose NIE at 16x T_train exceeds "
-            f"{metrics.IDENTIFIED_NIE:g}):", ""] + breaking_table(runs)
-  lines += ["", "The trained imitator against the better baseline (paired bootstrap over "
-            "teachers):", ""] + comparison_table(runs)
+  lines += ["", "### Every shift of the battery"] + shift_tables(runs)
+  lines += ["", "### Breaking points", "", "The smallest swept strength whose NIE at 16x "
+            f"T_train exceeds {metrics.IDENTIFIED_NIE:g}."] + breaking_tables(runs)
+  lines += ["", "### The trained imitator against the better baseline", "",
+            "Paired bootstrap over the same teachers."] + comparison_tables(runs)
   return "\n".join(lines) + "\n"
+
+
+def readme_table(workdirs: list) -> str:
+  """Table (a), for README."""
+  runs = [load(w) for w in workdirs]
+  return "\n".join(["Held-out NIE [95% CI over teachers], shift none, teacher-forced and "
+                    "alone after the teacher's first T_train steps (generated by "
+                    "`launch.results`; the command of each run in its row):", ""]
+                   + alone_table(runs)) + "\n"
+
+
+def figure(workdirs: list, path: str) -> None:
+  """The first run's NIE against the horizon (x T_train), teacher-forced and alone
+  after T_train steps, for its imitator, the baselines and the references."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  run = load(workdirs[0])
+  rep = run["report"]
+  if rep is None:
+    raise ValueError(f"--figure: {workdirs[0]} has {run['missing']['report']}.")
+  t, name = rep["t_train"], label(run)
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  colors = {}
+  for who in [name, "context_only", "frozen", references.UNTRAINED,
+              references.KNOWN_HPARAMS]:
+    for observe, style in ((None, "-"), (t, "--")):
+      rows = sorted((r for r in rep["results"] if r["imitator"] == who and
+                     r["shift"] == "none" and r.get("strength") is None
+                     and r.get("observe") == observe and r["nie"] is not None),
+                    key=lambda r: r["horizon"])
+      if not rows or (observe is not None and who == references.KNOWN_HPARAMS):
+        continue
+      h = np.array([r["horizon"] / t for r in rows])
+      nie = np.array([r["nie"] for r in rows])
+      lo = np.array([np.nan if r["nie_ci"][0] is None else r["nie_ci"][0] for r in rows])
+      hi = np.array([np.nan if r["nie_ci"][1] is None else r["nie_ci"][1] for r in rows])
+      mode = "teacher-forced" if observe is None else "alone after 1x"
+      line, = ax.plot(h, nie, style, marker="o", ms=3, lw=1.4 if who == name else 1,
+                      label=f"{who}, {mode}" if who != references.KNOWN_HPARAMS else
+                      f"{who} (never sees the teacher)",
+                      color=colors.get(who))
+      colors[who] = line.get_color()
+      ax.fill_between(h, lo, hi, color=line.get_color(), alpha=0.12, lw=0)
+  ax.axhline(metrics.IDENTIFIED_NIE, color="k", ls=":", lw=0.8)
+  ax.axvline(1, color="tab:red", ls="-.", lw=0.8)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_ylim(1e-2, 10)
+  ax.set_xlabel("horizon (x T_train); alone: the teacher is seen before the red line only")
+  ax.set_ylabel("NIE over the last T_train steps")
+  ax.set_title(f"{family(run)}: {name} ({rep['results'][0]['n_teachers']} held-out "
+               "teachers, 95% bands)", fontsize=9)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def replace_block(text: str, block: str, name: str) -> str:
@@ -229,20 +391,30 @@ def replace_block(text: str, block: str, name: str) -> str:
   return "".join(lines[:i + 1]) + block + "".join(lines[j:])
 
 
+def _replace_in(path: str, block: str) -> None:
+  with open(path) as f:
+    text = replace_block(f.read(), block, path)
+  with open(path, "w") as f:
+    f.write(text)
+
+
 def main(argv):
   del argv
   workdirs = [w.strip() for w in _WORKDIRS.value if w.strip()]
   if not workdirs:
-    raise ValueError("--workdirs: no run directory given; allowed: DIR1,DIR2,...")
-  text = tables(workdirs)
-  if _README.value is None:
-    print(text, end="")
+    raise ValueError("--workdirs: no run directory given; allowed: DIR1,DIR2+COPY,...")
+  if not (_README.value or _RESULTS.value or _FIGURE.value):
+    print(tables(workdirs), end="")
     return
-  with open(_README.value) as f:
-    readme = replace_block(f.read(), text, _README.value)
-  with open(_README.value, "w") as f:
-    f.write(readme)
-  print(f"wrote the results tables into {_README.value}")
+  if _README.value:
+    _replace_in(_README.value, readme_table(workdirs))
+    print(f"wrote the alone table into {_README.value}")
+  if _RESULTS.value:
+    _replace_in(_RESULTS.value, tables(workdirs))
+    print(f"wrote the results tables into {_RESULTS.value}")
+  if _FIGURE.value:
+    figure(workdirs, _FIGURE.value)
+    print(f"wrote {_FIGURE.value}")
 
 
 if __name__ == "__main__":

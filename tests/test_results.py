@@ -12,8 +12,9 @@ from launch import results
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _row(name, shift, h, nie, strength=None, median=None):
-  return {"imitator": name, "shift": shift, "strength": strength, "horizon": h, "nie": nie,
+def _row(name, shift, h, nie, strength=None, median=None, observe=None, **extra):
+  return {"imitator": name, "shift": shift, "strength": strength, "horizon": h,
+          "observe": observe, "nie": nie, **extra,
           "nie_ci": [nie - 0.01, nie + 0.01] if nie is not None else [None, None],
           "n_teachers": 8, "n_teachers_excluded": 0,
           "identification_step_median": {"step": median and int(median * 4),
@@ -44,11 +45,20 @@ def runs(tmp_path):
                _row(name, shift, 64, nies[1], median=1.25)]
   rows += [_row("gradient", "covariate_scale", 64, 0.2, strength=0.5),
            _row("gradient", "covariate_scale", 64, None, strength=8.0)]
+  fr = {"steps": 12, "t_train_multiple": 3.0, "t_train_multiple_ci": [2.0, None],
+        "beyond_fraction": 0.25, "within_steps": 60}
+  rows += [_row("gradient", "none", 8, 0.15, observe=4),
+           _row("gradient", "none", 64, 0.45, observe=4, free_running_horizon=fr),
+           _row("untrained", "none", 64, 0.9, observe=4)]
   comps = [{"imitator": "gradient", "versus": v, "shift": "none", "strength": None,
             "horizon": h, "nie_diff": d, "nie_diff_ci": [d - 0.1, d + 0.1],
             "nie_ratio": q, "nie_ratio_ci": [q - 0.1, q + 0.1], "n_teachers": 8}
            for v, h, d, q in [("context_only", 4, -0.3, 0.25), ("frozen", 4, -1.3, 0.07),
                               ("context_only", 64, -0.33, 0.13)]]
+  comps.append({"imitator": "gradient", "versus": "known_hparams", "shift": "none",
+                "strength": None, "horizon": 64, "observe": 4, "nie_diff": 0.44,
+                "nie_diff_ci": [0.3, 0.5], "nie_ratio": 45.0, "nie_ratio_ci": [30.0, 60.0],
+                "n_teachers": 8})
   _write(a, "eval/report.json", {
       "t_train": 4, "results": rows, "comparisons": comps,
       "breaking_points": [{"imitator": "gradient", "shift": "covariate_scale",
@@ -64,6 +74,16 @@ def runs(tmp_path):
 def test_tables_from_files_only(runs):
   a, b, c = runs
   text = results.tables([a, b, c])
+  alone, text = text.split("### Teacher-forced, shift none")
+  row_a = next(l for l in alone.splitlines() if l.startswith(f"| `{a}` | sgd_linear | "))
+  cells = [x.strip() for x in row_a.strip("|").split("|")]
+  # teacher-forced 16x, alone 2x / 16x / 16x (the farthest), horizon, untrained alone,
+  # known_hparams, the paired ratio alone.
+  assert cells[3:] == ["0.050 [0.040, 0.060]", "0.150 [0.140, 0.160]",
+                       "0.450 [0.440, 0.460]", "0.450 [0.440, 0.460]",
+                       "3.00x [2.00x, beyond] (25% beyond)", "0.900 [0.890, 0.910]",
+                       "0.010 [0.000, 0.020]", "45.000 [30.000, 60.000]"]
+  assert "n/a (no system_id/both alone row at 2x; run launch.evaluate --observe=4)" in alone
   lines = text.splitlines()
   head = next(l for l in lines if l.startswith(f"| `{a}` | sgd_linear | gradient |"))
   cells = [x.strip() for x in head.strip("|").split("|")]
@@ -83,11 +103,29 @@ def test_tables_from_files_only(runs):
   # (b) every shift of run a, (c) its breaking point, (d) the better baseline.
   assert "| drift | 0.100 [0.090, 0.110] / 0.050 [0.040, 0.060] | 1.400" in text
   assert "| covariate_scale |" not in text.split("Breaking points")[0]  # swept: not (b)
-  assert f"| `{a}` | gradient | covariate_scale | 8 | 0.5, 8 | 64 |" in text
+  breaking = text.split("### Breaking points")[1].split("###")[0]
+  assert f"`{a}`:" in breaking and f"`{c}`" not in breaking
+  assert "| gradient | covariate_scale | 8 | 0.5, 8 | 64 |" in breaking
   # context_only has the lower NIE, so it is the better baseline at 1x and 16x.
-  assert f"| `{a}` | none | 1x | context_only | -0.300 [-0.400, -0.200] | 0.250" in text
-  assert f"| `{a}` | none | 16x | context_only | -0.330" in text
+  assert "| none | 1x | context_only | -0.300 [-0.400, -0.200] | 0.250" in text
+  assert "| none | 16x | context_only | -0.330" in text
   assert "| frozen | -1.300" not in text
+  assert "NIE at 2x / 16x T_train on every shift, alone after the teacher's first 4 steps" in text
+
+
+def test_a_run_evaluated_into_copies_reads_as_one(runs, tmp_path):
+  a, _, _ = runs
+  far = str(tmp_path / "far")
+  _write(far, "eval/report.json", {"t_train": 4, "results": [
+      _row("gradient", "none", 4, 0.99),  # A has this row: A's is kept
+      _row("gradient", "none", 4096, 0.7, observe=4)]})
+  run = results.load(f"{a}+{far}")
+  rows = {(r["imitator"], r["horizon"], r.get("observe")): r for r in run["report"]["results"]}
+  assert rows[("gradient", 4, None)]["nie"] == 0.1
+  assert rows[("gradient", 4096, 4)]["nie"] == 0.7
+  assert results.command(run) == f"`{a}`"
+  table = "\n".join(results.alone_table([run]))
+  assert "alone 1024x" in table and "0.700 [0.690, 0.710]" in table
 
 
 @pytest.mark.slow
@@ -104,6 +142,15 @@ def test_readme_block_is_replaced_and_missing_markers_exit_2(runs, tmp_path):
   assert text.startswith("# title\n\nbefore\n<!-- results:begin -->\nHeld-out NIE")
   assert text.endswith("<!-- results:end -->\nafter\n") and "old table" not in text
   assert f"| `{a}` | sgd_linear | gradient |" in text
+  doc, png = tmp_path / "RESULTS.md", tmp_path / "fig" / "headline.png"
+  doc.write_text("# Results\n<!-- results:begin -->\n<!-- results:end -->\nnotes\n")
+  ok = subprocess.run([sys.executable, "-m", "launch.results", f"--workdirs={a}",
+                       f"--results={doc}", f"--figure={png}"], cwd=ROOT,
+                      capture_output=True, text=True, timeout=120)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert "### Every shift of the battery" in doc.read_text()
+  assert doc.read_text().endswith("<!-- results:end -->\nnotes\n")
+  assert png.read_bytes()[:4] == b"\x89PNG"
   bare = tmp_path / "NOTES.md"
   bare.write_text("no markers here\n")
   bad = subprocess.run([sys.executable, "-m", "launch.results", f"--workdirs={a}",

@@ -55,7 +55,6 @@ from imitator.kinds.base import Imitator, seen_or_own
 from learners import networks
 
 _MOMENTS = (0.9, 0.99)  # EMA decays of the update network's gradient moments
-TRACKERS = ("affine", "kalman")
 STEP_SIZES = ("per_parameter", "per_layer")
 MAX_LOG_STEP_OFFSET = 8.0  # the adapted step stays within e^-8..e^8 of the meta-learned one
 
@@ -98,8 +97,9 @@ class GradientImitator(Imitator):
     if not 0.0 < self.init_track < 1.0:
       raise ValueError(f"imitator init_track={self.init_track!r} must be in (0, 1): the "
                        "fraction of the residual each tracking step removes.")
-    if self.tracker not in TRACKERS:
-      raise ValueError(f"imitator tracker={self.tracker!r}; allowed: {list(TRACKERS)}.")
+    if self.tracker not in tracking.TRACKERS:
+      raise ValueError(f"imitator tracker={self.tracker!r}; allowed: "
+                       f"{list(tracking.TRACKERS)}.")
     if self.step_size not in STEP_SIZES:
       raise ValueError(f"imitator step_size={self.step_size!r}; allowed: "
                        f"{list(STEP_SIZES)}.")

@@ -17,6 +17,8 @@ On `observe(x, y, a)` every particle
 3. (amortized) an encoder GRU over the stream features outputs a correction to u;
 4. pulls its weights, and the anchor of its regularizers, toward the behaviour by the
    normalized step of `imitator.kinds.tracking` (a fraction `track` of the residual);
+   with `tracker="kalman"` by its Kalman step instead, each particle carrying its own
+   weight covariance (so that a network's weights are identified in far fewer steps);
 5. learns from (x, y) exactly as a teacher with its estimated hyperparams would.
 
 On an unseen step (the imitator runs alone) only 5 happens: the particles are no longer
@@ -129,6 +131,11 @@ class SystemIdImitator(Imitator):
   init_temp: float = 1.0
   init_forget: float = 0.01
   refine_every: int = 1  # refine u on every k-th step only (the refine is ~half the cost)
+  # From this step on the refine step shrinks as refine_settle_after / t (Robbins-Monro:
+  # the hyperparams are constant, so their estimate should settle, not hover); 0: never.
+  refine_settle_after: int = 0
+  tracker: str = "affine"  # or "kalman" (see the module docstring, step 4)
+  init_process_noise: float = 1e-2
   split_groups: bool = True  # see `particle_groups`
   # What the outer loop differentiates: "full" (through every particle's tracking,
   # updates and refinement) or "evidence" (only the log-weights' dynamics: prior, evidence
@@ -140,6 +147,9 @@ class SystemIdImitator(Imitator):
   def __post_init__(self):
     if self.mode not in MODES:
       raise ValueError(f"imitator.system_id.mode={self.mode!r}; allowed: {list(MODES)}.")
+    if self.tracker not in tracking.TRACKERS:
+      raise ValueError(f"imitator.system_id.tracker={self.tracker!r}; allowed: "
+                       f"{list(tracking.TRACKERS)}.")
     if self.meta_grad not in META_GRADS:
       raise ValueError(f"imitator.system_id.meta_grad={self.meta_grad!r}; allowed: "
                        f"{list(META_GRADS)}.")
@@ -184,6 +194,10 @@ class SystemIdImitator(Imitator):
               for g in self.groups},
         "log_prior": {g.name: jnp.zeros((g.size,)) for g in self.groups},
         "track_logit": jnp.asarray(_logit(self.init_track), jnp.float32),
+        **({"log_process_noise": jnp.asarray(math.log(self.init_process_noise),
+                                             jnp.float32),
+            "log_track_scale": jnp.zeros((), jnp.float32)}
+           if self.tracker == "kalman" else {}),
         "log_refine": {f: jnp.asarray(math.log(self.init_refine), jnp.float32)
                        for f in family_lib.CONTINUOUS},
         "log_temp": jnp.asarray(math.log(self.init_temp), jnp.float32),
@@ -236,6 +250,8 @@ class SystemIdImitator(Imitator):
             self._slice(g)] for g in self.groups},
         "scale": jnp.zeros(()), "a_rms": jnp.zeros(()),
         "h": jnp.zeros((self.encoder_hidden,)), "t": jnp.zeros((), jnp.int32),
+        **({"track_cov": {g.name: self._prior_cov(meta, learners[g.name].params)
+                          for g in self.groups}} if self.tracker == "kalman" else {}),
     }
 
   def _all(self, per_group):
@@ -366,15 +382,23 @@ class SystemIdImitator(Imitator):
     new_state = dict(state, u=u, u_rms=u_rms, h=h, log_w=log_w, scale=scale, a_rms=a_rms)
     u_eff = self._effective_u(meta, new_state)
     fraction = jnp.where(seen, jax.nn.sigmoid(meta["track_logit"]), 0.0)
-    tracked, learned = {}, {}
+    tracked, learned, covs = {}, {}, {}
     for g in self.groups:
       hp = self._hparams(g, u_eff[g.name])
-      tracked[g.name] = jax.vmap(lambda h_k, s_k: self._track(g, h_k, s_k, x, a, fraction))(
-          hp, state["learners"][g.name])
+      if self.tracker == "kalman":
+        tracked[g.name], covs[g.name] = jax.vmap(
+            lambda h_k, s_k, c_k: self._kalman_track(meta, g, h_k, s_k, c_k, x, a, seen))(
+                hp, state["learners"][g.name], state["track_cov"][g.name])
+      else:
+        tracked[g.name] = jax.vmap(
+            lambda h_k, s_k: self._track(g, h_k, s_k, x, a, fraction))(
+                hp, state["learners"][g.name])
       learned[g.name] = jax.vmap(lambda h_k, s_k: self._learn(g, h_k, s_k, x, y, a_rms))(
           hp, tracked[g.name])
     new_state.update(learners=learned, prev=tracked, prev_x=x, prev_y=y,
                      t=state["t"] + 1)
+    if self.tracker == "kalman":
+      new_state["track_cov"] = covs
     if self.meta_grad == "evidence":
       for key in ("learners", "prev", "u", "u_rms", "h"):
         new_state[key] = jax.lax.stop_gradient(new_state[key])
@@ -400,6 +424,9 @@ class SystemIdImitator(Imitator):
       out["u_rms"][g.name] = jax.tree.map(lambda r: jnp.where(bad, 0.0, r),
                                           state["u_rms"][g.name])
       out["log_w"][g.name] = jnp.where(bad, floor, state["log_w"][g.name])
+      if self.tracker == "kalman":
+        out["track_cov"][g.name] = jax.tree.map(
+            pick, self._prior_cov(meta, fresh.params), state["track_cov"][g.name])
     out["log_w"] = jax.tree.map(lambda v: v - jax.nn.logsumexp(self._all(out["log_w"])),
                                 out["log_w"])
     return out
@@ -416,6 +443,53 @@ class SystemIdImitator(Imitator):
       delta = jax.tree.map(jnp.subtract, moved, s.params)
       s = s._replace(anchor=jax.tree.map(jnp.add, s.anchor, delta))
     return s._replace(params=moved)
+
+  @staticmethod
+  def _layers(params):
+    """{'kind/layer': {"w", "b"}} of a learner's superset params {kind: {layer: ...}}."""
+    return {f"{kind}/{layer}": v for kind, net in params.items() for layer, v in net.items()}
+
+  @staticmethod
+  def _unlayers(layers):
+    out = {}
+    for name, v in layers.items():
+      kind, layer = name.split("/")
+      out.setdefault(kind, {})[layer] = v
+    return out
+
+  def _prior_diag(self, meta, params):
+    """The diagonal of the Kalman prior M, exp(log_track_scale) for every weight, in
+    `tracking.unit_blocks` layout {'kind/layer': [out, in + 1]}."""
+    scale = jnp.exp(meta["log_track_scale"])
+    return jax.tree.map(lambda v: jnp.full(v.shape, scale),
+                        tracking.unit_blocks(self._layers(params)))
+
+  def _prior_cov(self, meta, params):
+    """P = M for the particles of a group, params [K, ...] -> {'kind/layer': [K, out,
+    in + 1, in + 1]}."""
+    one = lambda p: jax.tree.map(jax.vmap(jnp.diag), self._prior_diag(meta, p))
+    return jax.vmap(one)(params)
+
+  def _kalman_track(self, meta, group, hp, s, cov, x, a, seen):
+    """`_track` by the Kalman step: (state, covariance after the step). Unseen: the
+    weights stay, the covariance gets its time update alone (the random walk)."""
+    fam = group.family
+    layers = self._layers(s.params)
+    apply = lambda lay: learner.outputs(fam, hp, self._unlayers(lay), x)
+    correction = lambda out: tracking.output_correction(self.task, out, a,
+                                                        hp["temperature"])
+    prior, noise = self._prior_diag(meta, s.params), jnp.exp(meta["log_process_noise"])
+    moved, new_cov, _ = tracking.kalman_projection(
+        apply, layers, jnp.exp(-meta["track_logit"]), correction, cov, noise, prior)
+    moved = jax.tree.map(lambda n, o: jnp.where(seen, n, o), self._unlayers(moved),
+                         s.params)
+    new_cov = jax.tree.map(
+        lambda c, c0, m: jnp.where(seen, c, c0 + jax.vmap(jnp.diag)(noise * m)),
+        new_cov, cov, prior)
+    if fam.uses_anchor:
+      delta = jax.tree.map(jnp.subtract, moved, s.params)
+      s = s._replace(anchor=jax.tree.map(jnp.add, s.anchor, delta))
+    return s._replace(params=moved), new_cov
 
   def _learn(self, group, hp, s, x, y, a_rms):
     """One particle's learner step from its state s on (x, y), shortened by
@@ -446,6 +520,9 @@ class SystemIdImitator(Imitator):
       u_eff = self._effective_u(meta, state)
       delta = {g: jax.tree.map(jnp.subtract, u_eff[g], state["u"][g]) for g in u_eff}
     new_u, new_rms = {}, {}
+    settle = 1.0
+    if self.refine_settle_after:
+      settle = jnp.minimum(1.0, self.refine_settle_after / (state["t"] + 1.0))
     for g in self.groups:
       def one_step_error(u_k, d_k, prev_k, codes_k):
         u_in = {f: u_k[f] + d_k[f] for f in u_k} if d_k else u_k
@@ -464,6 +541,6 @@ class SystemIdImitator(Imitator):
           grads)
       new_rms[g.name] = rms
       new_u[g.name] = {f: state["u"][g.name][f] - jnp.where(
-          active, jnp.exp(meta["log_refine"][f]), 0.0) * grads[f] / (
+          active, settle * jnp.exp(meta["log_refine"][f]), 0.0) * grads[f] / (
               jnp.sqrt(rms[f]) + 1e-12) for f in grads}
     return new_u, new_rms

@@ -46,6 +46,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+TRACKERS = ("affine", "kalman")  # affine_projection, kalman_projection
 _MAX_LOGIT_CORRECTION = 20.0  # in units of the temperature: probabilities down to e^-20
 _FLOOR = 1e-12
 SAFE_MARGIN = 0.95

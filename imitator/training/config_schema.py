@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import traverse_util
 
-from imitator.kinds import gradient, in_context, registry, system_id
+from imitator.kinds import gradient, in_context, registry, system_id, tracking
 from learners import family as family_lib
 from learners import networks, streams
 
@@ -66,7 +66,7 @@ SCHEMA: dict[str, Any] = {
                      "init_track": _float(0, 1, open_low=True), "adapt_steps": _BOOL,
                      "adapt_settle_after": _int(0, optional=True),
                      "init_hyper_step": _float(), "update_net": _BOOL,
-                     "update_net_width": _int(1), "tracker": _choice(gradient.TRACKERS)},
+                     "update_net_width": _int(1), "tracker": _choice(tracking.TRACKERS)},
         "in_context": {"arch": _choice(in_context.ARCHS),
                        "d_model": _int(1), "n_heads": _int(1), "n_layers": _int(1),
                        "mlp_ratio": _int(1), "context": _int(1, optional=True),
@@ -78,12 +78,15 @@ SCHEMA: dict[str, Any] = {
                       "init_refine": _float(0, open_low=True),
                       "init_temp": _float(0, open_low=True),
                       "init_forget": _float(0, 1, open_low=True),
-                      "refine_every": _int(1), "split_groups": _BOOL,
+                      "refine_every": _int(1), "refine_settle_after": _int(0),
+                      "tracker": _choice(tracking.TRACKERS),
+                      "init_process_noise": _float(0, open_low=True),
+                      "split_groups": _BOOL,
                       "meta_grad": _choice(system_id.META_GRADS)},
     },
     "baselines": {**_NET, "freeze_after": _int(0),
                   "init_track": _float(0, 1, open_low=True),
-                  "tracker": _choice(gradient.TRACKERS)},
+                  "tracker": _choice(tracking.TRACKERS)},
     "train": {"steps": _int(1), "teachers": _int(1),
               "learning_rate": _float(0, open_low=True), "warmup_steps": _int(0),
               "grad_clip": _float(0, open_low=True), "truncation": _int(0),
@@ -95,7 +98,8 @@ SCHEMA: dict[str, Any] = {
               "nonfinite_patience": _int(1), "max_rollbacks": _int(0),
               "rollback_lr_factor": _float(0, 1, open_low=True), "tensorboard": _BOOL,
               "free_running": {"fraction": _float(0, 1), "observe_min": _int(1),
-                               "observe_max": _int(1), "horizon": _int(0)}},
+                               "observe_max": _int(1), "horizon": _int(0),
+                               "start_fraction": _float(0, 1)}},
     "eval": {"seed": _int(0), "val_teachers": _int(2), "teachers": _int(2),
              "chunk": _int(0)},
 }

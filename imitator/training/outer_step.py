@@ -69,34 +69,36 @@ def episode_cuts(fr, key, n: int, horizon: int):
   return jnp.where(free, cut, horizon)
 
 
-def episode_horizon(config, horizon: int) -> int:
-  """Steps of a training episode at a curriculum horizon: train.free_running.horizon
-  when free-running episodes are on and it is set, else the curriculum's."""
-  fr = config.train.free_running
-  return fr.horizon if fr.fraction and fr.horizon else horizon
-
-
 class Curriculum:
-  """The horizon of each outer step and its jitted step, traced once per horizon."""
+  """The episode of each outer step (its horizon, and whether free-running episodes
+  are drawn) and its jitted step, traced once per kind of episode."""
 
   def __init__(self, exp):
     self._exp = exp
     self._stages = curriculum(exp.config.train, exp.setting.t)
     self._fns = {}
 
-  def horizon(self, step: int) -> int:
-    return next(h for h, until in self._stages if step < until)
+  def episode(self, step: int) -> tuple[int, bool]:
+    """(steps of an episode, free-running episodes drawn) at outer step `step`: from the
+    fraction train.free_running.start_fraction of train.steps on, free-running episodes
+    of its horizon (0: the curriculum's); before, the curriculum's teacher-forced ones."""
+    tcfg = self._exp.config.train
+    fr = tcfg.free_running
+    horizon = next(h for h, until in self._stages if step < until)
+    if fr.fraction and step >= fr.start_fraction * tcfg.steps:
+      return fr.horizon or horizon, True
+    return horizon, False
 
-  def step_fn(self, horizon: int):
-    if horizon not in self._fns:
-      self._fns[horizon] = step_fn(self._exp, horizon)
-    return self._fns[horizon]
+  def step_fn(self, horizon: int, free: bool = False):
+    if (horizon, free) not in self._fns:
+      self._fns[(horizon, free)] = step_fn(self._exp, horizon, free)
+    return self._fns[(horizon, free)]
 
 
-def step_fn(exp, horizon: int):
-  """The jitted outer step of `exp` (an `experiment.Experiment`) at a curriculum horizon:
-  TrainState -> TrainState, replicated over the mesh; the argument is donated."""
-  horizon = episode_horizon(exp.config, horizon)
+def step_fn(exp, horizon: int, free: bool = False):
+  """The jitted outer step of `exp` (an `experiment.Experiment`) on episodes of `horizon`
+  steps, free-running ones drawn when `free`: TrainState -> TrainState, replicated over
+  the mesh; the argument is donated."""
   setting = exp.setting.with_horizon(horizon)
   truncation = min(exp.config.train.truncation or horizon, horizon)
   n = exp.config.train.teachers
@@ -108,8 +110,8 @@ def step_fn(exp, horizon: int):
                                                 ts.step), ts.rollbacks)
     k_ep, k_im = jax.random.split(key)
     im_keys = jax.lax.with_sharding_constraint(jax.random.split(k_im, n), sharding)
-    cuts = episode_cuts(exp.config.train.free_running, jax.random.fold_in(k_im, 1), n,
-                        horizon)
+    cuts = (episode_cuts(exp.config.train.free_running, jax.random.fold_in(k_im, 1), n,
+                         horizon) if free else None)
     if cuts is not None:
       cuts = jax.lax.with_sharding_constraint(cuts, sharding)
     if truncation < horizon:  # the teachers' data is made window by window too

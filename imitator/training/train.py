@@ -58,8 +58,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     with _Preemption() as preempt:
       step = int(ts.step)
       while step < tcfg.steps:
-        horizon = steps.horizon(step)
-        ts, step = steps.step_fn(horizon)(ts), step + 1
+        horizon, free = steps.episode(step)
+        ts, step = steps.step_fn(horizon, free)(ts), step + 1
         # A signal reaches one process: all of them stop after the same step, agreed
         # when the loop syncs with the host anyway.
         asked = parallel.agreed_flag(preempt.requested, step, tcfg.nonfinite_patience)
@@ -318,7 +318,7 @@ class _MetricsLog:
 
   def _record(self, ts, step, horizon, last):
     sums, count = jax.device_get((ts.sums, ts.count))
-    record = {"step": step, "horizon": outer_step.episode_horizon(self._exp.config, horizon)}
+    record = {"step": step, "horizon": horizon}
     record.update({k: float(v) / max(int(count), 1) for k, v in sums.items()})
     record["nonfinite_steps"] = int(ts.bad_total)
     record.update({f"nonfinite_steps/{k}": int(v) for k, v in ts.bad.items()})

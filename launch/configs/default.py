@@ -4,6 +4,9 @@ random initial weights, each teacher with its own hidden hyperparams) that keep 
 on a linear-regression stream whose task switches every 32 steps. The imitator tracks
 the teacher's outputs with a Kalman filter over its weights and infers the teacher's
 step size with hypergradient steps that settle (shrink as T_train / t) after T_train.
+The last third of meta-training also scores episodes of 2 x T_train steps in which half
+the teachers are seen for their first 16..64 steps only, the imitator running alone
+after that (train.free_running).
 
     python -m launch.train                                  # this config, fresh runs/ dir
     python -m launch.train --config=launch/configs/default.py --workdir=runs/default
@@ -52,7 +55,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       seen_flag=True)  # tokens say whether a_t was the teacher's or the imitator's own
   config.imitator.system_id = dict(mode="both", encoder_hidden=32, max_particles=64,
                                    init_track=0.5, init_refine=0.05, init_temp=1.0,
-                                   init_forget=0.01, refine_every=4, split_groups=True,
+                                   init_forget=0.01, refine_every=4,
+                                   refine_settle_after=0, tracker="affine",
+                                   init_process_noise=1e-2, split_groups=True,
                                    meta_grad="full")
 
   # Baselines trained beside the imitator on the same teachers.
@@ -72,11 +77,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       nonfinite_patience=10, max_rollbacks=3, rollback_lr_factor=0.5,
       tensorboard=False,  # also write the logged metrics to workdir/tensorboard
       distributed=False,
-      # Episodes scored alone (scheduled-sampling style): a `fraction` of each step's
-      # teachers is shown for its first K steps only, K uniform in [observe_min,
-      # observe_max], and the imitator is scored on every step, seen or alone; the
-      # episodes are `horizon` steps (0: the stream's), the others teacher-forced.
-      free_running=dict(fraction=0.0, observe_min=16, observe_max=64, horizon=0))
+      # Episodes scored alone (scheduled-sampling style): from `start_fraction` of the
+      # steps on, a `fraction` of each step's teachers is shown for its first K steps
+      # only, K uniform in [observe_min, observe_max], and the imitator is scored on
+      # every step, seen or alone; those steps' episodes are `horizon` steps (0: the
+      # stream's), the other teachers' teacher-forced.
+      free_running=dict(fraction=0.5, observe_min=16, observe_max=64, horizon=128,
+                        start_fraction=2 / 3))
 
   config.eval = dict(seed=10_000, val_teachers=32, teachers=128,
                      chunk=0)  # evaluation unrolls this many steps per call; 0 = whole horizon
@@ -108,3 +115,4 @@ def shrink_to_smoke(config: config_dict.ConfigDict) -> None:
   config.train.warmup_steps = 20
   config.eval.val_teachers = 32
   config.eval.teachers = 64
+  config.train.free_running.fraction = 0.0  # teacher-forced: free-running has own tests
