@@ -83,6 +83,7 @@ def config(name, remat=False):
   c.imitator.gradient.tracker = "kalman"
   c.imitator.gradient.adapt_settle_after = None  # settles after the training horizon
   c.baselines.tracker = "kalman"
+  c.imitator.in_context.seen_flag = False  # the seen/unseen token feature came later
   return c
 
 

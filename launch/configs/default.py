@@ -116,3 +116,4 @@ def shrink_to_smoke(config: config_dict.ConfigDict) -> None:
   config.eval.val_teachers = 32
   config.eval.teachers = 64
   config.train.free_running.fraction = 0.0  # teacher-forced: free-running has own tests
+  config.train.truncation = 0  # a window longer than the smoke horizon is no window

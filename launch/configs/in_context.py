@@ -34,5 +34,4 @@ def get_config(arg=None):
   config.train.truncation = 64
   if "smoke" in words:
     default.shrink_to_smoke(config)
-    config.train.truncation = 0
   return config
