@@ -8,6 +8,8 @@ import sys
 
 from absl import app, flags, logging
 
+from imitator.runtime import signals
+
 
 class _DropLibraryInfo(std_logging.Filter):
   """Keeps our INFO lines and everyone's warnings; drops orbax's per-save chatter."""
@@ -30,6 +32,14 @@ def exit_interrupted(message: str, exit_code: int) -> None:
   logging.flush()
   sys.stdout.flush()
   os._exit(exit_code)
+
+
+def _exit_if_signalled(when: str) -> None:
+  signals.restore_default()
+  signum = signals.received()
+  if signum is not None:
+    e = signals.Interrupted(signum)
+    exit_interrupted(f"interrupted ({e.name}) {when}", e.exit_code)
 
 
 def fail(message: str) -> None:
@@ -158,13 +168,18 @@ def file_config():
 
 def run(main) -> None:
   """app.run(main), with bad flags and ValueError/FileNotFoundError from main (bad
-  config, data or files) reported as 'error: ...' on stderr and exit code 2."""
+  config, data or files) reported as 'error: ...' on stderr and exit code 2. A signal
+  recorded by `signals.install()` and not yet acted on is checked once more before
+  either exit (the process ends with 128 + its number); after that look a signal
+  takes its default action."""
 
   def guarded(argv):
     setup_logging()
     try:
-      return main(argv)
+      main(argv)
     except (ValueError, FileNotFoundError) as e:
+      _exit_if_signalled(f"with an error ({e})")
       fail(str(e))
+    _exit_if_signalled("as it finished: everything it does is written")
 
   app.run(guarded, flags_parser=_parse_flags)

@@ -26,13 +26,17 @@ with one line on stderr saying what was kept (report.json is written whole or no
 all; checkpoints are only read).
 """
 
-import os
+from imitator.runtime import signals
+
+if __name__ == "__main__":
+  signals.install()  # before the heavy imports: from here on no signal is lost
+
+import os  # pylint: disable=wrong-import-position
 
 from absl import flags, logging
 
 from imitator import metrics
 from imitator.evaluation import battery, evaluate
-from imitator.runtime import checkpoint
 from imitator.runtime import workdir as workdir_lib
 from imitator.training import experiment
 from launch import cli
@@ -86,19 +90,24 @@ def main(argv):
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
     raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
                      "checkpoints/); train into it first with python -m launch.train.")
+  summary = None
   try:
-    with checkpoint.interruptible():
+    with signals.interruptible():
       with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
-        _evaluate(config, names, sweeps, multiples, observes)
-  except checkpoint.Interrupted as e:
+        summary = _evaluate(config, names, sweeps, multiples, observes)
+  except BaseException as e:  # pylint: disable=broad-except
+    e = signals.as_interrupted(e)  # anything else goes on up
     report = workdir_lib.report_path(os.path.abspath(_WORKDIR.value))
-    if e.phase == "plots" or e.completed:
+    if summary is not None:
+      kept = f"the evaluation is complete, its rows merged into {report}"
+    elif e.phase == "plots" or e.completed:
       kept = (f"the rows are merged into {report}, some plots may be missing; run the "
               "same command again to redo them")
     else:
       kept = (f"nothing written ({report} is as it was, checkpoints are only read); run "
               "the same command again")
     cli.exit_interrupted(f"interrupted ({e.name}) while evaluating: {kept}", e.exit_code)
+  print(summary, flush=True)
 
 
 def _check_stream_npz(config, path):
@@ -142,7 +151,8 @@ def parse_observe(values, t_train: int) -> tuple:
   return tuple(sorted(set(steps)))
 
 
-def _evaluate(config, names, sweeps, multiples, observes):
+def _evaluate(config, names, sweeps, multiples, observes) -> str:
+  """Evaluates into the workdir; the text to print (report.md, the files written)."""
   workdir_lib.read_report(_WORKDIR.value)  # a damaged report.json: refused before computing
   if _TEACHERS.value:
     config.eval.teachers = _TEACHERS.value
@@ -155,9 +165,9 @@ def _evaluate(config, names, sweeps, multiples, observes):
                     sweeps=sweeps, multiples=multiples, observes=observes)
   eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
   with open(os.path.join(eval_dir, "report.md")) as f:
-    print(f.read())
+    text = f.read()
   plots = sorted(f for f in os.listdir(eval_dir) if f.endswith(".png"))
-  print(f"wrote {eval_dir}/report.json, report.md, {', '.join(plots)}")
+  return f"{text}\nwrote {eval_dir}/report.json, report.md, {', '.join(plots)}"
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """Meta-trains an imitator: `python -m launch.train [--config=FILE[:arg]] [--workdir=DIR]`.
 
 With no flags it runs `launch/configs/default.py` into a fresh directory under runs/.
-A run restarted on the same workdir resumes; SIGTERM/SIGINT in the training loop
-checkpoint and exit 0; before the loop (restoring, compiling) or during the final
-evaluation they exit 143/130 with one line on stderr saying what is saved and how to
-continue (nothing is lost that was saved before). On a finished workdir it says so, reprints the summary and writes nothing. A restart may
+A run restarted on the same workdir resumes. SIGTERM/SIGINT exit 143/130 with one line
+on stderr saying what is saved and how to continue: in the training loop after a
+checkpoint of the step it was in; before the loop (restoring, compiling) or during the
+final evaluation at once (nothing is lost that was saved before). On a finished workdir
+it says so, reprints the summary and writes nothing. A restart may
 change only the fields of imitator.runtime.workdir.RESUMABLE (steps, logging, evaluation and
 checkpoint cadence, the eval block) unless --allow_config_change; a second process on a
 workdir in use exits 2 naming the holder's pid.
 """
 
-import datetime
+from imitator.runtime import signals
+
+if __name__ == "__main__":
+  signals.install()  # before the heavy imports: from here on no signal is lost
+
+import datetime  # pylint: disable=wrong-import-position
 import os
 import shlex
 import sys
@@ -43,19 +49,22 @@ def main(argv):
   logging.info("workdir: %s", os.path.abspath(workdir))
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   command = " ".join(["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]])
+  result = None
   try:
-    with checkpoint.interruptible():
+    with signals.interruptible():
       result = train.train_and_evaluate(config, workdir, command=command,
                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except checkpoint.Interrupted as e:
-    cli.exit_interrupted(_interrupted_message(e, workdir), e.exit_code)
+  except BaseException as e:  # pylint: disable=broad-except
+    e = signals.as_interrupted(e)  # anything else goes on up
+    if result is not None and result["status"] != "diverged":
+      e.phase, e.completed = "evaluation", True  # it finished before the signal counted
+    cli.exit_interrupted(_interrupted_message(e, workdir, result), e.exit_code)
   if result["status"] == "diverged":
     print(f"error: {result['message']}", flush=True)
     sys.exit(1)
-  if result["status"] == "preempted":
-    print(f"stopped at step {result['step']}; checkpoint in {workdir}; run the same "
-          "command again to resume", flush=True)
-    return
+  if result["status"] == "preempted":  # a signal on another process of the run
+    cli.exit_interrupted(f"interrupted (SIGTERM on another process): "
+                         f"{result['message']}", 143)
   if result["status"] == "complete":
     print(f"the run is complete (step {result['step']}, train.steps="
           f"{config.train.steps}); nothing to do. Its summary:", flush=True)
@@ -66,8 +75,10 @@ def main(argv):
         flush=True)
 
 
-def _interrupted_message(e, workdir) -> str:
-  """One line: what an interrupt outside the training loop leaves, how to continue."""
+def _interrupted_message(e, workdir, result) -> str:
+  """One line: what an interrupt leaves, how to continue."""
+  if result is not None and result["status"] == "preempted":
+    return f"interrupted ({e.name}): {result['message']}"
   workdir = os.path.abspath(workdir)
   steps = checkpoint.saved_steps(workdir)
   saved = (f"checkpoint at step {steps[-1]} in {os.path.join(workdir, 'checkpoints')}"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from imitator.rollout import objective
-from imitator.runtime import checkpoint
+from imitator.runtime import checkpoint, signals
 from imitator.training import experiment, train
 from launch.configs import default
 
@@ -49,7 +49,7 @@ def _train_cmd(workdir, *flags):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
+def test_sigterm_checkpoints_exits_143_and_resume_is_bit_exact(tmp_path):
   flags = ["--config.train.steps=800", "--config.train.log_every=25",
            "--config.train.eval_every=1000", "--config.train.checkpoint_every=1000"]
   env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -63,9 +63,10 @@ def test_sigterm_checkpoints_exits_0_and_resume_is_bit_exact(tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=240)
-  assert proc.returncode == 0, out
-  assert "run the same command again to resume" in out
-  stopped = int(out.split("stopped at step ")[1].split(";")[0])
+  assert proc.returncode == 143, out
+  lines = [l for l in out.splitlines() if l.startswith("interrupted (SIGTERM)")]
+  assert len(lines) == 1 and "run the same command again to resume" in lines[0], out
+  stopped = int(lines[0].split("checkpoint written at step ")[1].split(" ")[0])
   assert 0 < stopped < 800
   resumed = subprocess.run(_train_cmd(killed, *flags), cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
@@ -269,15 +270,81 @@ def _interrupt_at(tmp_path, pattern, sig, delay=1.0):
   return proc.returncode, log.read_text(), workdir
 
 
+@pytest.fixture(autouse=True)
+def _no_signal_left_over():
+  # The tests below signal their own process; the flag is per process.
+  signals.reset()
+  yield
+  signals.reset()
+
+
+def test_a_signal_whose_exception_foreign_code_swallowed_still_ends_the_block():
+  ran_on = False
+  with pytest.raises(signals.Interrupted) as caught:
+    with signals.interruptible():
+      try:
+        signals._handle(signal.SIGTERM, None)
+      except BaseException:  # pylint: disable=broad-except
+        pass  # as a coroutine being closed does
+      ran_on = True
+  assert ran_on and caught.value.exit_code == 143
+  with pytest.raises(signals.Interrupted):  # and every later phase stops
+    signals.check("next phase")
+
+
+def test_a_signal_turned_into_another_error_is_reported_as_the_signal():
+  with pytest.raises(ValueError):  # no signal: the error itself
+    signals.as_interrupted(ValueError("bad flag"))
+  signals._handle(signal.SIGINT, None)  # recorded only: outside interruptible()
+  e = signals.as_interrupted(RuntimeError("Event loop is closed"))
+  assert isinstance(e, signals.Interrupted) and e.exit_code == 130
+
+
+def test_uninterrupted_writes_whole_or_not_at_all(tmp_path):
+  path = tmp_path / "f"
+  with pytest.raises(signals.Interrupted) as caught:
+    with signals.uninterrupted():
+      signals._handle(signal.SIGTERM, None)  # held back: the write finishes
+      path.write_text("whole")
+  assert caught.value.completed and path.read_text() == "whole"
+  with pytest.raises(signals.Interrupted) as caught:  # received before: nothing written
+    with signals.uninterrupted():
+      path.write_text("again")
+  assert not caught.value.completed and path.read_text() == "whole"
+
+
+def test_a_signal_during_a_restore_never_makes_a_checkpoint_look_unreadable(
+    tmp_path, monkeypatch, caplog):
+  ckpt = checkpoint.Checkpoints(str(tmp_path))
+  for step in (1, 2):
+    ckpt.save(step, {"w": jnp.full((3,), float(step))}, {"step": step})
+  ckpt.wait()
+  real = ckpt.latest.restore
+
+  def signalled_restore(step, args=None):  # orbax turns the signal into its own error
+    if "state" in args.keys():
+      signals._handle(signal.SIGTERM, None)
+      raise RuntimeError("Event loop is closed")
+    return real(step, args=args)
+
+  monkeypatch.setattr(ckpt.latest, "restore", signalled_restore)
+  with caplog.at_level(logging.WARNING), pytest.raises(signals.Interrupted):
+    ckpt.restore({"w": jnp.zeros((3,))})
+  ckpt.close()
+  assert not any("unreadable" in r.getMessage() for r in caplog.records)
+  assert checkpoint.saved_steps(str(tmp_path)) == [1, 2]  # step 2 was not set aside
+  assert not (tmp_path / "corrupted").exists()
+
+
 def test_a_signal_raised_where_python_ignores_exceptions_is_raised_again_later():
   # A signal landing in a __del__ (as during compilation, under gc) raises there, where
   # Python only reports the exception; it must not be lost.
   class RaisesInDel:
     def __del__(self):
-      checkpoint._raise_interrupted(signal.SIGTERM, None)
+      signals._handle(signal.SIGTERM, None)
 
-  with pytest.raises(checkpoint.Interrupted) as caught:
-    with checkpoint.interruptible():
+  with pytest.raises(signals.Interrupted) as caught:
+    with signals.interruptible():
       RaisesInDel()  # collected at once: Interrupted inside __del__, unraisable
       deadline = time.time() + 10
       while time.time() < deadline:
@@ -290,10 +357,10 @@ def test_a_signal_raised_inside_an_asyncio_callback_reaches_the_caller():
   # except KeyboardInterrupt and SystemExit.
   loop = asyncio.new_event_loop()
   try:
-    with pytest.raises(checkpoint.Interrupted) as caught:
-      with checkpoint.interruptible():
+    with pytest.raises(signals.Interrupted) as caught:
+      with signals.interruptible():
         done = loop.create_future()
-        loop.call_soon(checkpoint._raise_interrupted, signal.SIGINT, None)
+        loop.call_soon(signals._handle, signal.SIGINT, None)
         loop.call_later(0.05, done.set_result, None)
         loop.run_until_complete(done)
   finally:

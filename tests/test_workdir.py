@@ -216,6 +216,41 @@ def test_signal_during_evaluate_exits_with_one_line_and_writes_nothing(finished,
   assert _contents(run) == before  # report.json as it was, the lock released
 
 
+@pytest.mark.slow
+def test_a_signal_at_any_moment_of_an_evaluation_ends_it_with_its_exit_code(finished,
+                                                                            tmp_path):
+  # 20 signals spread over a whole evaluation (imports, flags, orbax restoring,
+  # compiling, the battery, writing report.json, plots, printing, shutting down).
+  run = _copy(finished, tmp_path)
+  cmd = [sys.executable, "-m", "launch.evaluate", f"--workdir={run}", "--shifts=none",
+         "--noforgetting"]
+  start = time.time()
+  whole = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  duration = time.time() - start
+  report = os.path.join(run, "eval", "report.json")
+  for i in range(20):
+    sig, code = ((signal.SIGTERM, 143), (signal.SIGINT, 130))[i % 2]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(duration * (i + 0.5) / 20)
+    finished_first = proc.poll() is not None
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    where = f"signal {i} ({sig.name}) at {duration * (i + 0.5) / 20:.1f}s: {err[-2000:]}"
+    if finished_first:
+      assert proc.returncode == 0, where
+      continue
+    # Killed by the signal's default action only after the last look at the flag.
+    assert proc.returncode in (code, -sig), where
+    lines = [l for l in err.splitlines() if l.startswith("interrupted (")]
+    assert len(lines) == (proc.returncode == code), where
+    assert "Traceback" not in err, where
+    assert not os.path.exists(os.path.join(run, "lock")), where
+    with open(report) as f:
+      json.load(f)  # whole, as it was or with the rows merged
+
+
 # --------------------------------------------------------------------------- metrics
 
 

@@ -25,6 +25,7 @@ from imitator.kinds import registry
 from imitator.metrics import HORIZON_MULTIPLES
 from imitator.rollout import co_rollout, episodes, objective, references
 from imitator.rollout.references import ORACLE, REFERENCES, UNTRAINED
+from imitator.runtime import signals
 from learners import npz, shifts
 
 
@@ -221,6 +222,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
   entries = [(s, None) for s in shift_names] + [
       (s, v) for s, strengths in (sweeps or {}).items() for v in strengths]
   for shift, strength in entries:
+    signals.check("evaluation")  # a signal whose exception foreign code swallowed
     where = shift if strength is None else f"{shift} at strength {strength:g}"
     try:
       setting, data = shifted_setting(

@@ -15,7 +15,7 @@ from imitator.kinds import registry
 from imitator.metrics import HORIZON_MULTIPLES
 from imitator.rollout import references
 from imitator.rollout.references import ORACLE
-from imitator.runtime import checkpoint, parallel
+from imitator.runtime import checkpoint, parallel, signals
 from learners import shifts
 
 
@@ -63,6 +63,7 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
   on the best checkpoint of `workdir`, teacher-forced and alone after each of
   `observes` (steps): report.json rows, report.md and plots under workdir/eval."""
   meta = restore_meta(exp, workdir)
+  signals.check("evaluation")
   ran = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples,
                             observes)
   rows, skipped = ran["results"], ran["skipped"]
@@ -79,7 +80,7 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
     return report
   try:
     _plots(exp, workdir, ran, report, forget)
-  except checkpoint.Interrupted as e:
+  except signals.Interrupted as e:
     e.phase = "plots"  # the rows are in report.json already
     raise
   return report

@@ -13,7 +13,7 @@ from imitator import metrics
 from imitator.evaluation import render
 from imitator.metrics import HORIZON_MULTIPLES
 from imitator.rollout.references import ORACLE
-from imitator.runtime import checkpoint, parallel
+from imitator.runtime import parallel, signals
 from imitator.runtime import workdir as workdir_lib
 
 
@@ -90,7 +90,7 @@ def _merge_into_report(workdir, t_train, rows, skipped, comparisons):
                          if (s["shift"], s.get("strength")) not in now] + skipped
   if not parallel.is_primary():
     return report
-  with checkpoint.uninterrupted():  # SIGTERM/SIGINT: after both files are whole
+  with signals.uninterrupted():  # SIGTERM/SIGINT: after both files are whole
     with open(path, "w") as f:
       json.dump(report, f, indent=2, allow_nan=False)
     with open(os.path.join(workdir, "eval", "report.md"), "w") as f:

@@ -7,18 +7,14 @@ that cannot be read (partly written, corrupted) is skipped with a warning naming
 step; one whose shapes differ from what the current config builds is an error that
 names the differing config fields.
 
-Interrupts: under `interruptible()` SIGTERM and SIGINT raise `Interrupted` (the training
-loop replaces this with a flag it polls); `uninterrupted()` holds them back while a file
-is written. `saved_steps(workdir)` says what an interrupted run leaves to continue from.
+A signal received while restoring (see `signals`) is raised as `signals.Interrupted`,
+whatever orbax made of it: it never makes a checkpoint look unreadable.
+`saved_steps(workdir)` says what an interrupted run leaves to continue from.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import sys
-import threading
 import time
 
 import jax
@@ -27,6 +23,8 @@ import tensorstore
 from etils import epath
 from absl import logging
 from flax import traverse_util
+
+from imitator.runtime import signals
 
 
 def _manager(directory, keep: int, best: bool):
@@ -86,87 +84,6 @@ def saved_steps(workdir: str, best: bool = False) -> list[int]:
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-class Interrupted(KeyboardInterrupt):
-  """SIGTERM or SIGINT received under `interruptible()`. A KeyboardInterrupt, so that
-  neither `except Exception` nor asyncio swallows it: asyncio logs and drops any other
-  exception raised in its callbacks, where a signal lands while orbax restores a
-  checkpoint in an event loop. The process should exit with
-  `exit_code` (128 + the signal number: 143 for SIGTERM, 130 for SIGINT). `phase` says
-  what was running when the caller knows it; `completed` is set when the signal arrived
-  inside an `uninterrupted()` block, which finished first."""
-
-  def __init__(self, signum: int):
-    super().__init__(signal.Signals(signum).name)
-    self.signum = signum
-    self.name = signal.Signals(signum).name
-    self.exit_code = 128 + signum
-    self.phase = None
-    self.completed = False
-
-
-_INTERRUPTS = {"deferring": 0, "pending": None, "raised": False}
-_RESEND_AFTER_S = 0.05
-
-
-def _raise_interrupted(signum, frame):
-  del frame
-  if _INTERRUPTS["raised"]:
-    return  # already stopping: a second Ctrl-C must not break the clean-up
-  if _INTERRUPTS["deferring"]:
-    _INTERRUPTS["pending"] = _INTERRUPTS["pending"] or signum
-    return
-  _INTERRUPTS["raised"] = True
-  raise Interrupted(signum)
-
-
-def _unraisable(hook_args, previous):
-  """An `Interrupted` raised where Python ignores exceptions (a gc callback, a __del__):
-  the signal is sent again shortly, from another thread, to be raised at a later
-  instruction. (Sent from here, its handler would run inside this hook, where the
-  exception is ignored again and the signal lost.)"""
-  e = hook_args.exc_value
-  if isinstance(e, Interrupted):
-    _INTERRUPTS["raised"] = False
-    threading.Timer(_RESEND_AFTER_S, os.kill, (os.getpid(), e.signum)).start()
-    return
-  previous(hook_args)
-
-
-@contextlib.contextmanager
-def interruptible():
-  """While the block runs (in the main thread), SIGTERM and SIGINT raise `Interrupted`
-  at the next Python instruction (a compilation or a device computation finishes
-  first); the handlers before are put back on leaving."""
-  _INTERRUPTS.update(deferring=0, pending=None, raised=False)
-  old = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM,
-                                                                  signal.SIGINT)}
-  previous_hook = sys.unraisablehook
-  sys.unraisablehook = lambda hook_args: _unraisable(hook_args, previous_hook)
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous_hook
-    for sig, handler in old.items():
-      signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def uninterrupted():
-  """Holds `Interrupted` back until the block (writing a file) is done, then raises it
-  with `completed` set."""
-  _INTERRUPTS["deferring"] += 1
-  try:
-    yield
-  finally:
-    _INTERRUPTS["deferring"] -= 1
-    signum = _INTERRUPTS["pending"]
-    if signum is not None and not _INTERRUPTS["deferring"]:
-      _INTERRUPTS.update(pending=None, raised=True)
-      e = Interrupted(signum)
-      e.completed = True
-      raise e
-
-
 class Checkpoints:
   """The two managers of a workdir."""
 
@@ -223,6 +140,7 @@ class Checkpoints:
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(mngr, s, e, explicit=step is not None, quiet=fallback)
         continue
+      signals.check("restore")  # before moving anything aside: the state is whole
       if not best:
         self._set_aside(mngr, [c for c in candidates if c > s])
       return state, info
@@ -257,6 +175,7 @@ class Checkpoints:
 
   @staticmethod
   def _unreadable(mngr, step, error, explicit, quiet=False):
+    signals.check("restore")  # orbax may have turned the signal into this error
     message = (f"checkpoint step {step} in {mngr.directory} is unreadable "
                f"({type(error).__name__}: {str(error)[:200]})")
     if explicit:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import time
 from typing import NamedTuple
 
@@ -26,7 +25,7 @@ from absl import logging
 from imitator import metrics
 from imitator.evaluation import evaluate
 from imitator.kinds import registry
-from imitator.runtime import checkpoint, parallel
+from imitator.runtime import checkpoint, parallel, signals
 from imitator.runtime import workdir as workdir_lib
 from imitator.training import experiment, outer_step
 
@@ -36,8 +35,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
                        allow_config_change: bool = False) -> dict:
   """Meta-trains the configured imitator and baselines; returns the final report.
 
-  `stop_at_step` stops early as a preemption would (checkpoint, no evaluation); the
-  same call without it resumes to `config.train.steps`. Status 'diverged' means the
+  `stop_at_step` stops early as a preemption would (checkpoint, no evaluation; status
+  'preempted', its message saying how to go on); the same call without it resumes to
+  `config.train.steps`. A signal (`signals.received()`) in the loop does the same. Status 'diverged' means the
   non-finite guard gave up (the message says what to change); 'complete' means the run
   had already finished and been evaluated: nothing is written, its report is returned.
   `command`, the command line that started the run, is kept in workdir/command.txt (the
@@ -55,14 +55,16 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     ts = _start(exp, workdir, command, run)
     log = _MetricsLog(exp, workdir, int(ts.step), run.records)
     steps, status, message = outer_step.Curriculum(exp), "finished", ""
-    with _Preemption() as preempt:
+    signals.check()  # a signal whose exception foreign code swallowed
+    with signals.polled():  # from here a signal stops the loop after a checkpoint
       step = int(ts.step)
       while step < tcfg.steps:
         horizon, free = steps.episode(step)
         ts, step = steps.step_fn(horizon, free)(ts), step + 1
         # A signal reaches one process: all of them stop after the same step, agreed
         # when the loop syncs with the host anyway.
-        asked = parallel.agreed_flag(preempt.requested, step, tcfg.nonfinite_patience)
+        asked = parallel.agreed_flag(signals.received() is not None, step,
+                                     tcfg.nonfinite_patience)
         last, stopping = step == tcfg.steps, asked or step == stop_at_step
         if _nonfinite_streak(ts, step, tcfg):
           if int(ts.rollbacks) >= tcfg.max_rollbacks:
@@ -78,12 +80,12 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
         if val_nie is not None or step % tcfg.checkpoint_every == 0 or last or stopping:
           run.ckpt.save(step, ts, record, val_nie)
         if stopping:
-          status = _stopped(step, workdir, "resume")
+          status, message = _stopped(step, workdir, "resume")
           break
       run.ckpt.wait()  # a signal while the last checkpoint is written stops after it
       run.ckpt.close()
-      if status == "finished" and parallel.any_process(preempt.requested):
-        status = _stopped(step, workdir, "evaluate")
+      if status == "finished" and parallel.any_process(signals.received() is not None):
+        status, message = _stopped(step, workdir, "evaluate")
     log.close()
     if status != "finished":
       return {"status": status, "step": step, "message": message}
@@ -342,33 +344,12 @@ class _MetricsLog:
       self._writer.close()
 
 
-class _Preemption:
-  """Turns SIGTERM/SIGINT into a flag the loop polls (no work inside the handler); the
-  processes of a multi-host run agree on it every `nonfinite_patience` steps
-  (`parallel.agreed_flag`)."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def __exit__(self, *exc):
-    for sig, handler in self._old.items():
-      signal.signal(sig, handler)
-
-
-def _stopped(step, workdir, then) -> str:
-  """Status 'preempted', having said how to go on ('resume' or 'evaluate')."""
-  logging.warning("stopped: checkpoint written at step %d in %s; run the same "
-                  "command again to %s", step, workdir, then)
-  return "preempted"
+def _stopped(step, workdir, then) -> tuple[str, str]:
+  """Status 'preempted' and what to do next ('resume' or 'evaluate'), said in the log."""
+  message = (f"checkpoint written at step {step} in {workdir}; run the same command "
+             f"again to {then}")
+  logging.warning("stopped: %s", message)
+  return "preempted", message
 
 
 def _nonfinite_streak(ts, step, tcfg) -> bool:
@@ -419,7 +400,7 @@ def _evaluate(exp, workdir, step, started) -> dict:
                _duration(time.time() - started))
   try:
     report = evaluate.final_report(exp, workdir)
-  except checkpoint.Interrupted as e:
+  except signals.Interrupted as e:
     e.phase = "evaluation"
     raise
   return {"status": "finished", "step": step, "report": report, "t_train": exp.setting.t}
