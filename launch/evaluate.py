@@ -5,6 +5,7 @@
     python -m launch.evaluate --workdir=DIR --shifts=none --sweep=covariate_scale:0.5,2,8 --sweep=drift
     python -m launch.evaluate --workdir=DIR --shifts=none --noforgetting --horizons=1,4,16,64,256,1024
     python -m launch.evaluate --workdir=DIR --shifts=none --noforgetting --observe=1x --observe=4x
+    python -m launch.evaluate --workdir=DIR --teachers=recorded.npz --observe=1x
 
 Writes workdir/eval/report.json (rows merged into the training report), report.md and
 the plots nie.png, forgetting.png and sweep_<shift>.png. Shifts: none and the names of
@@ -17,6 +18,13 @@ does not grow with the horizon. Each --observe=K adds rows where the imitators s
 the teacher's first K steps (K steps, or Kx: K x T_train) and then run alone, in the
 teacher's place, from the stream's inputs and labels (field `observe` of the rows;
 teacher-forced rows have none), with the free-running horizon of each.
+
+--teachers=FILE (a recorded-teachers file, learners.recorded; docs/recorded_teachers.md)
+evaluates every imitator on the recorded teachers instead of the battery: rows with shift
+`recorded:<file stem>` at the horizons within the file's T, teacher-forced and for each
+--observe alone, with the NIE against the file's same-kind chance learner and against the
+family's chance teacher on the same streams. A file the checkpoint cannot take exits 2
+naming the field. --teachers=N (an integer) is the number of held-out teachers.
 
 The workdir is locked while evaluating (exit 2 naming the holder's pid if a training or
 another evaluation is using it). A damaged report.json is refused before anything is
@@ -37,19 +45,22 @@ from absl import flags, logging
 
 from imitator import metrics
 from imitator.evaluation import battery, evaluate
+from imitator.evaluation import recorded as recorded_eval
+from imitator.evaluation import report_json
 from imitator.runtime import workdir as workdir_lib
 from imitator.training import experiment
 from launch import cli
 from launch.configs import default
-from learners import npz, shifts, streams
+from learners import npz, recorded, shifts, streams
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory with checkpoints.",
                                required=True)
 _SHIFTS = flags.DEFINE_list("shifts", list(battery.BATTERY),
                             "Shifts to evaluate (default: all).")
 _STREAM_NPZ = flags.DEFINE_string("stream_npz", None, "Also evaluate on this stream file.")
-_TEACHERS = flags.DEFINE_integer("teachers", None,
-                                 "Held-out teachers per shift (default: config.eval).")
+_TEACHERS = flags.DEFINE_string(
+    "teachers", None, "N: held-out teachers per shift (default: config.eval); or FILE: "
+    "evaluate on the recorded teachers of FILE (learners.recorded) instead of the battery.")
 _FORGETTING = flags.DEFINE_boolean("forgetting", True, "Run the forgetting experiment.")
 _HORIZONS = flags.DEFINE_list(
     "horizons", [str(m) for m in metrics.HORIZON_MULTIPLES],
@@ -84,17 +95,31 @@ def main(argv):
                      f"{list(battery.BATTERY)}.")
   config = workdir_lib.load_config(_WORKDIR.value, defaults=default.get_config())
   t = config.stream.horizon
+  n_teachers, rec = parse_teachers(_TEACHERS.value)
+  if rec is not None:
+    given = [f"--{n}" for n in ("shifts", "sweep", "stream_npz", "forgetting")
+             if flags.FLAGS[n].present]
+    if given:
+      raise ValueError(f"--teachers={_TEACHERS.value}: a recorded-teachers file replaces "
+                       f"the battery; {', '.join(given)} cannot go with it.")
+    return _recorded_main(config, rec, multiples)
   observes = battery.check_observes(parse_observe(_OBSERVE.value, t), t, t * max(multiples))
   if _STREAM_NPZ.value:
     _check_stream_npz(config, _STREAM_NPZ.value)
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
     raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
                      "checkpoints/); train into it first with python -m launch.train.")
+  _locked(lambda: _evaluate(config, names, sweeps, multiples, observes, n_teachers))
+
+
+def _locked(evaluate_fn) -> None:
+  """Runs `evaluate_fn` (which returns the text to print) with the workdir locked;
+  SIGTERM/SIGINT end the process with one line saying what was kept."""
   summary = None
   try:
     with signals.interruptible():
       with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
-        summary = _evaluate(config, names, sweeps, multiples, observes)
+        summary = evaluate_fn()
   except BaseException as e:  # pylint: disable=broad-except
     e = signals.as_interrupted(e)  # anything else goes on up
     report = workdir_lib.report_path(os.path.abspath(_WORKDIR.value))
@@ -151,11 +176,67 @@ def parse_observe(values, t_train: int) -> tuple:
   return tuple(sorted(set(steps)))
 
 
-def _evaluate(config, names, sweeps, multiples, observes) -> str:
+def parse_teachers(value):
+  """--teachers as (number of held-out teachers or None, None) or (None, the validated
+  recorded-teachers file); ValueError naming the flag."""
+  if value is None or not value.strip():
+    return None, None
+  try:
+    n = int(value)
+  except ValueError:
+    n = None
+  if n is not None:
+    if n < 1:
+      raise ValueError(f"--teachers={value}: allowed are a number of teachers >= 1 or a "
+                       "recorded-teachers file.")
+    return n, None
+  if not os.path.isfile(value):
+    raise ValueError(f"--teachers={value!r}: neither a number of teachers nor an existing "
+                     "recorded-teachers file (.npz, learners.recorded).")
+  try:
+    return None, recorded.load(value)
+  except ValueError as e:
+    raise ValueError(f"--teachers: {e}") from None
+
+
+def _recorded_main(config, rec, multiples):
+  """--teachers=FILE: the recorded teachers in place of the battery (checked against
+  the run before anything is computed); prints the table."""
+  if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
+    raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
+                     "checkpoints/); train into it first with python -m launch.train.")
+  t = config.stream.horizon
+  exp = experiment.Experiment(config)
+  try:
+    recorded_eval.check(exp, rec)
+  except ValueError as e:
+    raise ValueError(f"--teachers: {e}") from None
+  T = rec.shape[1]
+  horizon = max([m * t for m in multiples if m * t <= T] or [t])
+  observes = parse_observe(_OBSERVE.value, t)
+  for k in observes:
+    if k >= horizon:
+      raise ValueError(f"--observe={k}: the recorded teachers' longest horizon evaluated "
+                       f"is {horizon} steps (file T = {T}); allowed: K < {horizon}.")
+
+  def run():
+    workdir_lib.read_report(_WORKDIR.value)  # damaged: refused before computing
+    meta = evaluate.restore_meta(exp, _WORKDIR.value)
+    ran = recorded_eval.evaluate_recorded(exp, meta, rec, multiples, observes)
+    report_json.write_report(_WORKDIR.value, t, ran["results"], [], ran["comparisons"])
+    return (f"recorded teachers {rec.path} ({rec.shape[0]} teachers, {ran['excluded']} "
+            f"excluded as blown up), shift {ran['shift']}:\n"
+            f"{recorded_eval.table(ran['results'], t)}\nwrote "
+            f"{workdir_lib.report_path(os.path.abspath(_WORKDIR.value))}")
+
+  _locked(run)
+
+
+def _evaluate(config, names, sweeps, multiples, observes, n_teachers=None) -> str:
   """Evaluates into the workdir; the text to print (report.md, the files written)."""
   workdir_lib.read_report(_WORKDIR.value)  # a damaged report.json: refused before computing
-  if _TEACHERS.value:
-    config.eval.teachers = _TEACHERS.value
+  if n_teachers:
+    config.eval.teachers = n_teachers
   if config.eval.teachers < 64:
     logging.warning("eval.teachers=%d: the battery is meant for at least 64 teachers",
                     config.eval.teachers)
