@@ -42,6 +42,21 @@ def _exit_if_signalled(when: str) -> None:
     exit_interrupted(f"interrupted ({e.name}) {when}", e.exit_code)
 
 
+def parse_steps(flag: str, text: str, t_train: int) -> int:
+  """A flag's value K (steps) or Kx (K x T_train, in whole steps) as steps >= 1;
+  ValueError naming the flag."""
+  v = text.strip().lower()
+  try:
+    k = round(float(v[:-1]) * t_train) if v.endswith("x") else int(v)
+  except ValueError:
+    k = 0
+  if k < 1 or (v.endswith("x") and abs(float(v[:-1]) * t_train - k) > 1e-9):
+    raise ValueError(f"--{flag}={text!r}: allowed are a number of steps K >= 1 or Kx, "
+                     f"K x T_train (T_train = {t_train}) in whole steps, e.g. "
+                     f"--{flag}={t_train} or --{flag}=1x.")
+  return k
+
+
 def fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)

@@ -46,10 +46,9 @@ from absl import flags, logging
 from imitator import metrics
 from imitator.evaluation import battery, evaluate
 from imitator.evaluation import recorded as recorded_eval
-from imitator.evaluation import report_json
 from imitator.runtime import workdir as workdir_lib
 from imitator.training import experiment
-from launch import cli
+from launch import cli, recorded_run
 from launch.configs import default
 from learners import npz, recorded, shifts, streams
 
@@ -115,24 +114,7 @@ def main(argv):
 def _locked(evaluate_fn) -> None:
   """Runs `evaluate_fn` (which returns the text to print) with the workdir locked;
   SIGTERM/SIGINT end the process with one line saying what was kept."""
-  summary = None
-  try:
-    with signals.interruptible():
-      with workdir_lib.lock(_WORKDIR.value, "python -m launch.evaluate"):
-        summary = evaluate_fn()
-  except BaseException as e:  # pylint: disable=broad-except
-    e = signals.as_interrupted(e)  # anything else goes on up
-    report = workdir_lib.report_path(os.path.abspath(_WORKDIR.value))
-    if summary is not None:
-      kept = f"the evaluation is complete, its rows merged into {report}"
-    elif e.phase == "plots" or e.completed:
-      kept = (f"the rows are merged into {report}, some plots may be missing; run the "
-              "same command again to redo them")
-    else:
-      kept = (f"nothing written ({report} is as it was, checkpoints are only read); run "
-              "the same command again")
-    cli.exit_interrupted(f"interrupted ({e.name}) while evaluating: {kept}", e.exit_code)
-  print(summary, flush=True)
+  recorded_run.locked(_WORKDIR.value, "python -m launch.evaluate", evaluate_fn)
 
 
 def _check_stream_npz(config, path):
@@ -161,19 +143,7 @@ def parse_horizons(values) -> tuple:
 def parse_observe(values, t_train: int) -> tuple:
   """--observe values (K steps, or Kx: K x T_train) as steps; ValueError naming the
   flag. Whether each fits the horizons is checked by the battery."""
-  steps = []
-  for text in values:
-    v = text.strip().lower()
-    try:
-      k = round(float(v[:-1]) * t_train) if v.endswith("x") else int(v)
-    except ValueError:
-      k = 0
-    if k < 1 or (v.endswith("x") and abs(float(v[:-1]) * t_train - k) > 1e-9):
-      raise ValueError(f"--observe={text!r}: allowed are a number of steps K >= 1 or Kx, "
-                       f"K x T_train (T_train = {t_train}) in whole steps, e.g. "
-                       f"--observe={t_train} or --observe=1x.")
-    steps.append(k)
-  return tuple(sorted(set(steps)))
+  return tuple(sorted({cli.parse_steps("observe", text, t_train) for text in values}))
 
 
 def parse_teachers(value):
@@ -202,34 +172,17 @@ def parse_teachers(value):
 def _recorded_main(config, rec, multiples):
   """--teachers=FILE: the recorded teachers in place of the battery (checked against
   the run before anything is computed); prints the table."""
-  if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
-    raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
-                     "checkpoints/); train into it first with python -m launch.train.")
+  recorded_run.require_checkpoint(_WORKDIR.value)
   t = config.stream.horizon
   exp = experiment.Experiment(config)
   try:
     recorded_eval.check(exp, rec)
   except ValueError as e:
     raise ValueError(f"--teachers: {e}") from None
-  T = rec.shape[1]
-  horizon = max([m * t for m in multiples if m * t <= T] or [t])
-  observes = parse_observe(_OBSERVE.value, t)
-  for k in observes:
-    if k >= horizon:
-      raise ValueError(f"--observe={k}: the recorded teachers' longest horizon evaluated "
-                       f"is {horizon} steps (file T = {T}); allowed: K < {horizon}.")
-
-  def run():
-    workdir_lib.read_report(_WORKDIR.value)  # damaged: refused before computing
-    meta = evaluate.restore_meta(exp, _WORKDIR.value)
-    ran = recorded_eval.evaluate_recorded(exp, meta, rec, multiples, observes)
-    report_json.write_report(_WORKDIR.value, t, ran["results"], [], ran["comparisons"])
-    return (f"recorded teachers {rec.path} ({rec.shape[0]} teachers, {ran['excluded']} "
-            f"excluded as blown up), shift {ran['shift']}:\n"
-            f"{recorded_eval.table(ran['results'], t)}\nwrote "
-            f"{workdir_lib.report_path(os.path.abspath(_WORKDIR.value))}")
-
-  _locked(run)
+  observes = recorded_run.check_observes(parse_observe(_OBSERVE.value, t), rec.shape[1],
+                                         t, multiples)
+  _locked(lambda: recorded_run.evaluate_file(_WORKDIR.value, exp, rec, multiples,
+                                             observes)[1])
 
 
 def _evaluate(config, names, sweeps, multiples, observes, n_teachers=None) -> str:

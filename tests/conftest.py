@@ -63,3 +63,21 @@ def pytest_terminal_summary(terminalreporter):
   for nodeid, n in _crashed.items():
     terminalreporter.write_line(f"{nodeid}: its worker crashed {n} time(s); after its "
                                 "first crash the test is run again")
+
+
+def untrained_workdir(root: str, config) -> str:
+  """`root` as a run of `config` leaves it, without training: a checkpoint of the
+  initial state at step 10 (also the best, val_nie 0.5) and config.json."""
+  import json  # pylint: disable=import-outside-toplevel
+  from imitator.runtime import checkpoint  # pylint: disable=import-outside-toplevel
+  from imitator.training import experiment  # pylint: disable=import-outside-toplevel
+  exp = experiment.Experiment(config)
+  ckpt = checkpoint.Checkpoints(root, keep=config.train.keep_checkpoints)
+  saved = json.loads(config.to_json_best_effort())
+  ckpt.save(10, exp.init_state(), {"step": 10, "metrics": None, "config": saved,
+                                   "best_val_nie": 0.5}, val_nie=0.5)
+  ckpt.wait()
+  ckpt.close()
+  with open(os.path.join(root, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return root

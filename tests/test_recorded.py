@@ -9,11 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+
+import conftest  # the tests' shared helpers (pytest puts tests/ on the path)
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 
 from imitator.evaluation import battery
 from imitator.evaluation import recorded as recorded_eval
-from imitator.runtime import checkpoint
 from imitator.training import experiment
 from launch.configs import default
 from learners import recorded
@@ -168,19 +169,8 @@ def test_recorded_project_teachers_give_the_battery_nie(smoke):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """A smoke workdir without training: a checkpoint of the initial state, config.json."""
-  root = str(tmp_path_factory.mktemp("recorded_run"))
-  config = default.get_config("smoke")
-  exp = experiment.Experiment(config)
-  ckpt = checkpoint.Checkpoints(root, keep=config.train.keep_checkpoints)
-  saved = json.loads(config.to_json_best_effort())
-  ckpt.save(10, exp.init_state(), {"step": 10, "metrics": None, "config": saved,
-                                   "best_val_nie": 0.5}, val_nie=0.5)
-  ckpt.wait()
-  ckpt.close()
-  with open(os.path.join(root, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  return root
+  return conftest.untrained_workdir(str(tmp_path_factory.mktemp("recorded_run")),
+                                    default.get_config("smoke"))
 
 
 def test_evaluate_refuses_a_file_that_does_not_fit_with_one_line(workdir, tmp_path):
