@@ -113,7 +113,9 @@ def trailing_sums(values, width: int):
 
 def windowed_nie(err, chance, width: int):
   """NIE over a trailing window of `width` steps ending at each step t: [T]."""
-  with np.errstate(invalid="ignore", over="ignore"):  # an imitation that blew up: inf/nan
+  # inf/nan: an imitation that blew up, or a window where chance is exact (a recorded
+  # learner and its chance learner answering alike before either has learned)
+  with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
     return (trailing_sums(np.asarray(err, np.float64).mean(0), width)
             / trailing_sums(np.asarray(chance, np.float64).mean(0), width))
 
