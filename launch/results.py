@@ -140,6 +140,9 @@ def _figure(run: dict, name: str, shift: str, multiple: int, observe=None) -> st
     how = "" if observe is None else " alone"
     hint = ("; run launch.evaluate" + (f" --observe={observe}" if observe else "")
             if not evaluated or observe else "")
+    if not any(r["horizon"] == h for r in rep["results"]) and (
+        observe is None or any(r.get("observe") == observe for r in rep["results"])):
+      hint = f"; run launch.evaluate --horizons=...,{multiple}"
     return _na(f"no {name}{how} row at {multiple}x{hint}")
   return render.with_ci(r["nie"], r["nie_ci"])
 
