@@ -48,18 +48,24 @@ class NpzData:
   path: str = jax.tree.static(default="")
 
 
-def load(path: str) -> NpzData:
-  """Reads and validates a stream file (flat or teacher dump) onto the device."""
+def open_archive(path: str, what: str, how: str) -> np.lib.npyio.NpzFile:
+  """The npz archive at `path` (no pickles); ValueError naming `what` it should be
+  (e.g. "stream file") when it is missing or not an archive, and `how` to write one."""
   if not os.path.isfile(path):
-    raise ValueError(f"stream file {path!r} does not exist.")
-  fail = lambda key, msg: ValueError(f"stream file {path!r}: key {key!r} {msg}")
+    raise ValueError(f"{what} {path!r} does not exist.")
   try:
     archive = np.load(path, allow_pickle=False)
   except (ValueError, OSError, EOFError, zipfile.BadZipFile):
     archive = None
   if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise ValueError(f"stream file {path!r} is not an .npz archive (write one with "
-                     f"np.savez, with keys x and y).")
+    raise ValueError(f"{what} {path!r} is not an .npz archive (write one with {how}).")
+  return archive
+
+
+def load(path: str) -> NpzData:
+  """Reads and validates a stream file (flat or teacher dump) onto the device."""
+  fail = lambda key, msg: ValueError(f"stream file {path!r}: key {key!r} {msg}")
+  archive = open_archive(path, "stream file", "np.savez, with keys x and y")
   with archive:
     dump = teacher_dump.is_dump(archive.files)
     arrays = {}

@@ -33,10 +33,10 @@ a PyTorch adapter of a few lines.
 from __future__ import annotations
 
 import dataclasses
-import os
-import zipfile
 
 import numpy as np
+
+from learners import npz
 
 FORMAT_VERSION = 1
 TASKS = ("regression", "classification")
@@ -161,15 +161,7 @@ def save(path: str, rec: Recorded) -> None:
 
 def load(path: str) -> Recorded:
   """Reads and validates a recorded-teachers file; ValueError naming the key."""
-  if not os.path.isfile(path):
-    raise ValueError(f"recorded teachers file {path!r} does not exist.")
-  try:
-    archive = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-    archive = None
-  if not isinstance(archive, np.lib.npyio.NpzFile):
-    raise ValueError(f"recorded teachers file {path!r} is not an .npz archive (write one "
-                     "with learners.recorded.save).")
+  archive = npz.open_archive(path, "recorded teachers file", "learners.recorded.save")
   arrays = {}
   with archive:
     for key in ("x", "y", "a", "kind", "task", "chance_a", "format_version"):
