@@ -57,6 +57,12 @@ def parse_steps(flag: str, text: str, t_train: int) -> int:
   return k
 
 
+def parse_observe(values, t_train: int) -> tuple:
+  """--observe values (K steps, or Kx: K x T_train) as steps; ValueError naming the
+  flag. Whether each fits the horizons is checked by the caller."""
+  return tuple(sorted({parse_steps("observe", text, t_train) for text in values}))
+
+
 def fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.exit(2)

@@ -102,7 +102,7 @@ def main(argv):
       raise ValueError(f"--teachers={_TEACHERS.value}: a recorded-teachers file replaces "
                        f"the battery; {', '.join(given)} cannot go with it.")
     return _recorded_main(config, rec, multiples)
-  observes = battery.check_observes(parse_observe(_OBSERVE.value, t), t, t * max(multiples))
+  observes = battery.check_observes(cli.parse_observe(_OBSERVE.value, t), t, t * max(multiples))
   if _STREAM_NPZ.value:
     _check_stream_npz(config, _STREAM_NPZ.value)
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
@@ -140,12 +140,6 @@ def parse_horizons(values) -> tuple:
   return tuple(sorted(set(multiples)))
 
 
-def parse_observe(values, t_train: int) -> tuple:
-  """--observe values (K steps, or Kx: K x T_train) as steps; ValueError naming the
-  flag. Whether each fits the horizons is checked by the battery."""
-  return tuple(sorted({cli.parse_steps("observe", text, t_train) for text in values}))
-
-
 def parse_teachers(value):
   """--teachers as (number of held-out teachers or None, None) or (None, the validated
   recorded-teachers file); ValueError naming the flag."""
@@ -179,7 +173,7 @@ def _recorded_main(config, rec, multiples):
     recorded_eval.check(exp, rec)
   except ValueError as e:
     raise ValueError(f"--teachers: {e}") from None
-  observes = recorded_run.check_observes(parse_observe(_OBSERVE.value, t), rec.shape[1],
+  observes = recorded_run.check_observes(cli.parse_observe(_OBSERVE.value, t), rec.shape[1],
                                          t, multiples)
   _locked(lambda: recorded_run.evaluate_file(_WORKDIR.value, exp, rec, multiples,
                                              observes)[1])

@@ -70,8 +70,8 @@ def main(argv):
   if horizon < t:
     raise ValueError(f"--horizon={_HORIZON.value}: {horizon} steps; allowed: at least "
                      f"T_train = {t} steps (1x).")
-  observes = tuple(sorted({cli.parse_steps("observe", v, t) for v in _OBSERVE.value}))
-  observes = recorded_run.check_observes(observes, horizon, t, HORIZON_MULTIPLES)
+  observes = recorded_run.check_observes(cli.parse_observe(_OBSERVE.value, t), horizon, t,
+                                         HORIZON_MULTIPLES)
   recorded_run.require_checkpoint(workdir)
   exp = experiment.Experiment(config)
   task, out_dim = exp.setting.task, exp.setting.family.out_dim
@@ -111,8 +111,7 @@ def _run(workdir, config, exp, names, horizon, observes) -> str:
   partial = path + ".partial"
   recorded.save(partial, rec)
   os.replace(partial, path)  # whole or not at all
-  rec = recorded.load(path)
-  recorded_eval.check(exp, rec)
+  rec = recorded.load(path)  # what was written is what a user would pass
   ran, text = recorded_run.evaluate_file(workdir, exp, rec, HORIZON_MULTIPLES, observes)
   return (f"{text}\n\n{recorded_eval.kind_table(ran['results'], t)}\n\n"
           f"recorded {n} outside learners ({', '.join(names)}; {_PER_KIND.value} each) "

@@ -41,16 +41,10 @@ def require_checkpoint(workdir: str) -> None:
                      "checkpoints/); train into it first with python -m launch.train.")
 
 
-def longest_horizon(steps: int, t_train: int, multiples) -> int:
-  """The longest row horizon m x T_train of `multiples` within `steps` (T_train when
-  none is): what `evaluate_recorded` evaluates a file of `steps` steps at."""
-  return max([m * t_train for m in multiples if m * t_train <= steps] or [t_train])
-
-
 def check_observes(observes, steps: int, t_train: int, multiples) -> tuple:
   """`observes` (steps) when each is shorter than the longest horizon evaluated on a file
   of `steps` steps; ValueError naming --observe otherwise."""
-  horizon = longest_horizon(steps, t_train, multiples)
+  horizon = recorded_eval.horizons(steps, t_train, multiples)[-1]
   for k in observes:
     if k >= horizon:
       raise ValueError(f"--observe={k}: the recorded teachers' longest horizon evaluated "

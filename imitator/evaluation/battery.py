@@ -81,7 +81,7 @@ def errors_fn(imitators, setting, ep: episodes.Episodes, chunk: int = 0,
   first `observe` steps when set). Each imitator object is jitted once: names that share
   one (the trained kind and `untrained`) share its compilation."""
   keys = objective.evaluation_keys(ep.x.shape[0])
-  chunk = _divisor(chunk, ep.x.shape[1])
+  chunk = divisor(chunk, ep.x.shape[1])
   compiled = {}
 
   def unroll_error(im):
@@ -101,7 +101,7 @@ def errors_fn(imitators, setting, ep: episodes.Episodes, chunk: int = 0,
   return run
 
 
-def _divisor(chunk: int, horizon: int) -> int:
+def divisor(chunk: int, horizon: int) -> int:
   """The largest divisor of horizon that is <= chunk (0: the whole horizon)."""
   if not chunk or chunk >= horizon:
     return 0
@@ -196,15 +196,15 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
       if (im, observe is None) not in compiled:
         compiled[(im, observe is None)] = jax.jit(
             lambda m, x, y, a, k, im=im: objective.unroll(
-                im, m, keys, x, y, a, chunk=_divisor(t, x.shape[1]), observe=k))
+                im, m, keys, x, y, a, chunk=divisor(t, x.shape[1]), observe=k))
       out[name] = compiled[(im, observe is None)](metas[name], x, y, a, observe)
     return out
 
   def evaluated(setting, data, horizon, cuts):
     """{cut: figures.Evaluated} for cut None (teacher-forced) and each of `cuts`."""
     if stream:
-      chunk = _divisor(t, horizon) or horizon
-      unit = _divisor(max(chunk // 4, 1), chunk) or chunk
+      chunk = divisor(t, horizon) or horizon
+      unit = divisor(max(chunk // 4, 1), chunk) or chunk
       return {k: figures.streamed(names, co_rollout.co_rollout(
           setting, data, imitators, metas, held_out_key(exp.config), n, horizon, chunk,
           unit, keys, observe=k), unit) for k in (None,) + cuts}

@@ -63,7 +63,6 @@ def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
   on the best checkpoint of `workdir`, teacher-forced and alone after each of
   `observes` (steps): report.json rows, report.md and plots under workdir/eval."""
   meta = restore_meta(exp, workdir)
-  signals.check("evaluation")
   ran = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples,
                             observes)
   rows, skipped = ran["results"], ran["skipped"]

@@ -71,7 +71,7 @@ def identification_fields(err, chance, t_train, unit: int = 1) -> dict:
           "identified_fraction": fraction}
 
 
-def _blown_up(a, axes):
+def blown_up(a, axes):
   """Where behaviour [P, ...] is non-finite or beyond BLOWN_UP anywhere over `axes`."""
   a = np.asarray(a)
   return ~np.all(np.isfinite(a) & (np.abs(a) <= BLOWN_UP), axis=axes)
@@ -81,7 +81,7 @@ def usable_teachers(ep: episodes.Episodes):
   """[P] bool: teachers whose behaviour and chance teacher's stay finite and below
   BLOWN_UP over the whole stream (SGD can diverge under strong shifts)."""
   axes = tuple(range(1, np.ndim(ep.behaviour)))
-  return ~(_blown_up(ep.behaviour, axes) | _blown_up(ep.chance, axes))
+  return ~(blown_up(ep.behaviour, axes) | blown_up(ep.chance, axes))
 
 
 def select_teachers(ep: episodes.Episodes, outputs: dict, keep):
@@ -131,7 +131,7 @@ def materialized(task, names, ep, outputs, excluded: int = 0) -> Evaluated:
       loss[label] = np.asarray(metrics.task_loss(task, a_hat, ep.y))
     if task == "classification":
       agree[label] = np.asarray(metrics.argmax_agreement(ep.behaviour, a_hat))
-    blown[label] = int(_blown_up(a_hat, axes).sum())
+    blown[label] = int(blown_up(a_hat, axes).sum())
     if est is not None:
       estimates[label] = est
   return Evaluated(errs, chance, np.asarray(ep.loss), loss, agree, blown, estimates,

@@ -76,11 +76,10 @@ def family_chance(exp, x, y):
   return np.asarray(run(jnp.asarray(x), jnp.asarray(y)))
 
 
-def _blown_up(a):
-  """[P] bool: behaviour [P, ...] non-finite or beyond figures.BLOWN_UP anywhere."""
-  a = np.asarray(a)
-  return ~np.all(np.isfinite(a) & (np.abs(a) <= figures.BLOWN_UP),
-                 axis=tuple(range(1, a.ndim)))
+def horizons(steps: int, t_train: int, multiples) -> list:
+  """The row horizons m x T_train of `multiples` within a file of `steps` steps
+  (T_train alone when none is), ascending."""
+  return [m * t_train for m in sorted(multiples) if m * t_train <= steps] or [t_train]
 
 
 def check(exp, rec: recorded.Recorded) -> None:
@@ -102,17 +101,16 @@ def evaluate_recorded(exp, meta, rec: recorded.Recorded, multiples=HORIZON_MULTI
   t = exp.setting.t
   task = exp.setting.task
   P, T, _ = rec.shape
-  horizons = [m * t for m in sorted(multiples) if m * t <= T] or [t]  # T >= t: `check`
-  H = horizons[-1]
+  rows_at = horizons(T, t, multiples)  # T >= t: `check`
+  H = rows_at[-1]
   cut = lambda v: None if v is None else np.asarray(v)[:, :H]
   x, y, a = cut(rec.x), cut(rec.y), cut(rec.a)
   chances = {FAMILY: family_chance(exp, x, y)}
   if rec.chance_a is not None:
     chances = {SAME_KIND: cut(rec.chance_a), **chances}
   primary = next(iter(chances))
-  keep = ~_blown_up(a)
-  for c in chances.values():
-    keep &= ~_blown_up(c)
+  axes = tuple(range(1, a.ndim))
+  keep = ~np.any([figures.blown_up(v, axes) for v in (a, *chances.values())], axis=0)
   if not keep.any():
     raise ValueError(f"recorded teachers file {rec.path!r}: every teacher's behaviour or "
                      f"chance reference is non-finite or beyond {figures.BLOWN_UP:g}.")
@@ -121,7 +119,7 @@ def evaluate_recorded(exp, meta, rec: recorded.Recorded, multiples=HORIZON_MULTI
   names = {"imitator": label}
   imitators, metas = battery.with_untrained(exp, meta)
   keys = objective.evaluation_keys(P)
-  chunk = battery._divisor(t, H)  # pylint: disable=protected-access
+  chunk = battery.divisor(t, H)
   compiled = {}
 
   def unroll(name, observe):
@@ -145,7 +143,7 @@ def evaluate_recorded(exp, meta, rec: recorded.Recorded, multiples=HORIZON_MULTI
     kept, outs = figures.select_teachers(
         ep, {n: (v, None, None) for n, v in a_hat.items()}, keep)
     ev = figures.materialized(task, names, kept, outs, excluded)
-    rows = figures.rows_of(ev, shift, t, horizons, exp.setting.family, None, k)
+    rows = figures.rows_of(ev, shift, t, rows_at, exp.setting.family, None, k)
     errs = dict(ev.err, **{ORACLE: np.zeros_like(ev.chance)})
     kept_chances = {n: np.asarray(metrics.step_error(task, kept.behaviour, c[keep]))
                     for n, c in chances.items()}
@@ -162,7 +160,7 @@ def evaluate_recorded(exp, meta, rec: recorded.Recorded, multiples=HORIZON_MULTI
                           for kind in sorted(set(kinds.tolist()))}
       r["recorded_file"] = rec.path
     results += rows
-    comps += figures.comparisons(label, ev.err, ev.chance, shift, t, horizons, None, 1, k)
+    comps += figures.comparisons(label, ev.err, ev.chance, shift, t, rows_at, None, 1, k)
   return {"results": results, "comparisons": comps, "shift": shift, "excluded": excluded}
 
 
