@@ -119,6 +119,7 @@ def smoke():
   return exp, exp.init_state().meta
 
 
+@pytest.mark.slow  # about 30 s: kept out of the default suite's 5 minutes
 def test_recorded_project_teachers_give_the_battery_nie(smoke):
   """Recording the battery's own held-out teachers (behaviour and chance teachers):
   the recorded evaluation's NIE equals a float64 numpy computation on its imitator
