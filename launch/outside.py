@@ -31,6 +31,7 @@ import time
 from absl import flags
 
 from imitator.evaluation import recorded as recorded_eval
+from imitator.evaluation import render
 from imitator.metrics import HORIZON_MULTIPLES
 from imitator.runtime import workdir as workdir_lib
 from imitator.training import experiment
@@ -113,7 +114,7 @@ def _run(workdir, config, exp, names, horizon, observes) -> str:
   os.replace(partial, path)  # whole or not at all
   rec = recorded.load(path)  # what was written is what a user would pass
   ran, text = recorded_run.evaluate_file(workdir, exp, rec, HORIZON_MULTIPLES, observes)
-  return (f"{text}\n\n{recorded_eval.kind_table(ran['results'], t)}\n\n"
+  return (f"{text}\n\n{render.kind_table(ran['results'], t, recorded_eval.SAME_KIND)}\n\n"
           f"recorded {n} outside learners ({', '.join(names)}; {_PER_KIND.value} each) "
           f"and their {n} same-kind chance learners over {horizon} steps "
           f"({horizon / t:g} x T_train) in {seconds:.1f} s wall-clock "

@@ -30,7 +30,8 @@ def family_config(name: str, **overrides) -> config_dict.ConfigDict:
   cfg.name = name
   types = {"width": int, "depth": int, "networks": str, "activations": str,
            "optimizers": str, "regularizers": str, "replay_size": int,
-           "max_inner_steps": int, "lr_scale": float, "priors": str}
+           "max_inner_steps": int, "lr_scale": float, "priors": str, "rules": str,
+           "window": int, "max_neighbours": int, "prototypes": int}
   for field, kind in types.items():
     cfg[field] = config_dict.placeholder(kind)
   for field, value in overrides.items():
@@ -41,8 +42,8 @@ def family_config(name: str, **overrides) -> config_dict.ConfigDict:
 def teacher_config() -> config_dict.ConfigDict:
   """Hyperparam fields to fix instead of sampling (names for discrete choices)."""
   cfg = config_dict.ConfigDict()
-  for field in family_lib.FIELDS:
-    kind = (int if field == "inner_steps" else
+  for field in family_lib.ALL_FIELDS:
+    kind = (int if field in ("inner_steps", "neighbours") else
             str if field in family_lib.DISCRETE else float)
     cfg[field] = config_dict.placeholder(kind)
   return cfg

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learners import networks, optimizers
+from learners import networks, optimizers, rules
 
 REGULARIZERS = ("l2", "ewc", "replay", "shrink_perturb")
 TASKS = ("regression", "classification")
@@ -44,11 +44,25 @@ FIELDS = {
     "temperature": "softmax temperature of the classification head",
     "init_scale": "std of the initial weights (NTK parametrization)",
 }
-DISCRETE = ("network", "activation", "optimizer", "inner_steps")
+# The fields of a family with members beyond gradient descent (`learners.rules`) only:
+# families of networks alone keep exactly FIELDS, their draws and their checkpoints.
+RULE_FIELDS = {
+    "rule": "how the member learns, a code into learners.rules.RULES",
+    "kalman_drift": "kalman: weight drift variance q per example (old evidence fades)",
+    "kalman_noise": "kalman: observation noise variance r",
+    "neighbours": "knn: how many nearest stored examples are averaged",
+    "pa_aggressiveness": "passive_aggressive: the step cap C of PA-I",
+    "pa_epsilon": "passive_aggressive: the insensitive zone of the loss",
+    "prototype_rate": "prototype: step of the nearest center toward the input",
+    "value_rate": "prototype: step of the nearest center's value toward the target",
+}
+ALL_FIELDS = {**FIELDS, **RULE_FIELDS}
+DISCRETE = ("network", "activation", "optimizer", "inner_steps", "rule", "neighbours")
 CONTINUOUS = tuple(f for f in FIELDS if f not in DISCRETE)
+RULE_CONTINUOUS = tuple(f for f in RULE_FIELDS if f not in DISCRETE)
 # The global code tables: a coded field's value indexes its table (not a family's support).
 CODE_TABLES = {"network": networks.NETWORKS, "activation": networks.ACTIVATIONS,
-               "optimizer": optimizers.OPTIMIZERS}
+               "optimizer": optimizers.OPTIMIZERS, "rule": rules.RULES}
 
 # Every range spans a factor of 30, so `lr_scale=1/30` moves the prior just below itself.
 LEARNING_RATES = {"sgd": (0.01, 0.3), "momentum": (0.003, 0.09),
@@ -57,6 +71,10 @@ LEARNING_RATES = {"sgd": (0.01, 0.3), "momentum": (0.003, 0.09),
 _REGULARIZER_OF = {"l2_strength": "l2", "ewc_strength": "ewc", "ewc_decay": "ewc",
                    "replay_ratio": "replay", "shrink": "shrink_perturb",
                    "perturb": "shrink_perturb"}
+# Which rule reads a rule field; its prior is fixed at 0 in a family without that rule.
+_RULE_OF = {"kalman_drift": "kalman", "kalman_noise": "kalman",
+            "pa_aggressiveness": "passive_aggressive", "pa_epsilon": "passive_aggressive",
+            "prototype_rate": "prototype", "value_rate": "prototype"}
 
 
 PRIOR_KINDS = ("uniform", "log_uniform", "fixed")
@@ -143,6 +161,12 @@ DEFAULT_PRIORS = {
     "perturb": Prior("log_uniform", 1e-4, 1e-2),
     "temperature": Prior("log_uniform", 0.5, 2.0),
     "init_scale": Prior("uniform", 0.5, 1.5),
+    "kalman_drift": Prior("log_uniform", 1e-5, 1e-2),
+    "kalman_noise": Prior("log_uniform", 0.01, 1.0),
+    "pa_aggressiveness": Prior("log_uniform", 0.03, 1.0),
+    "pa_epsilon": Prior("uniform", 0.0, 0.2),
+    "prototype_rate": Prior("log_uniform", 0.01, 0.3),
+    "value_rate": Prior("log_uniform", 0.03, 1.0),
 }
 
 
@@ -164,15 +188,21 @@ class Family:
   max_inner_steps: int = 1
   lr_scale: float = 1.0
   priors: tuple = ()  # ((field, Prior), ...) replacing DEFAULT_PRIORS entries
+  rules: tuple = ("gradient",)  # how members may learn: learners.rules.RULES
+  window: int = 64  # knn: stored examples
+  max_neighbours: int = 8  # knn: neighbours are drawn from 1..max_neighbours
+  prototypes: int = 16  # prototype: centers
 
   def __post_init__(self):
+    _choices(self.name, "rules", self.rules, rules.RULES)
     _choices(self.name, "task", (self.task,), TASKS)
     _choices(self.name, "networks", self.networks, networks.NETWORKS)
     _choices(self.name, "activations", self.activations, networks.ACTIVATIONS)
     _choices(self.name, "optimizers", self.optimizers, optimizers.OPTIMIZERS)
     _choices(self.name, "regularizers", self.regularizers, REGULARIZERS, empty_ok=True)
     for field, low in (("width", 1), ("depth", 1), ("replay_size", 1),
-                       ("max_inner_steps", 1), ("out_dim", 1)):
+                       ("max_inner_steps", 1), ("out_dim", 1), ("window", 1),
+                       ("max_neighbours", 1), ("prototypes", 1)):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"family {self.name!r}: {field}={value!r} must be an integer "
@@ -192,6 +222,20 @@ class Family:
     return int(np.prod(self.x_shape))
 
   @property
+  def beyond_gradient(self) -> bool:
+    """Whether some members learn by a non-gradient rule (then hparams carry RULE_FIELDS)."""
+    return self.rules != ("gradient",)
+
+  @property
+  def fields(self) -> tuple:
+    """The hyperparam fields of this family's members, in dump order."""
+    return tuple(ALL_FIELDS if self.beyond_gradient else FIELDS)
+
+  @property
+  def continuous(self) -> tuple:
+    return CONTINUOUS + (RULE_CONTINUOUS if self.beyond_gradient else ())
+
+  @property
   def uses_anchor(self) -> bool:
     return "l2" in self.regularizers or "ewc" in self.regularizers
 
@@ -199,6 +243,8 @@ class Family:
     """The prior of a continuous field (learning_rate: see `learning_rate_range`)."""
     reg = _REGULARIZER_OF.get(field)
     if reg is not None and reg not in self.regularizers:
+      return Prior("fixed", 0.0)
+    if field in _RULE_OF and _RULE_OF[field] not in self.rules:
       return Prior("fixed", 0.0)
     if field == "anchor_rate" and not self.uses_anchor:
       return Prior("fixed", 0.0)
@@ -230,7 +276,7 @@ class Family:
     hp["inner_steps"] = jax.random.randint(
         keys["inner_steps"], (n,), 1, self.max_inner_steps + 1).astype(jnp.int32)
     for field in DISCRETE:
-      if field in fixed:
+      if field in fixed and field in FIELDS:  # before the learning rate's range is read
         hp[field] = jnp.full((n,), fixed[field], jnp.int32)
     lows, highs = (jnp.asarray([math.log(self.learning_rate_range(o)[i])
                                 for o in optimizers.OPTIMIZERS]) for i in (0, 1))
@@ -244,10 +290,25 @@ class Family:
       # One switch turns both parts on: a member shrinks and perturbs, or does neither.
       always_on = dataclasses.replace(self.prior("perturb"), p_off=0.0)
       hp["perturb"] = jnp.where(hp["shrink"] > 0, always_on.sample(keys["perturb"], n), 0.0)
-    for field in CONTINUOUS:
-      if field in fixed:
-        hp[field] = jnp.full((n,), fixed[field], jnp.float32)
-    return {f: hp[f] for f in FIELDS}
+    if self.beyond_gradient:
+      # Keys of their own: the fields above are drawn as in a family of networks alone.
+      rule_keys = dict(zip(RULE_FIELDS, jax.random.split(jax.random.fold_in(key, 1),
+                                                         len(RULE_FIELDS))))
+      codes = jnp.asarray([rules.RULES.index(r) for r in self.rules], jnp.int32)
+      hp["rule"] = codes[jax.random.randint(rule_keys["rule"], (n,), 0, len(self.rules))]
+      hp["neighbours"] = jax.random.randint(
+          rule_keys["neighbours"], (n,), 1, self.max_neighbours + 1).astype(jnp.int32)
+      for field in RULE_CONTINUOUS:
+        hp[field] = self.prior(field).sample(rule_keys[field], n)
+    for field, value in fixed.items():
+      if field not in self.fields:
+        raise ValueError(f"family {self.name!r} has no hyperparam {field!r}; its fields: "
+                         f"{list(self.fields)}.")
+      if field not in DISCRETE:
+        hp[field] = jnp.full((n,), value, jnp.float32)
+      elif field in RULE_FIELDS:
+        hp[field] = jnp.full((n,), value, jnp.int32)
+    return {f: hp[f] for f in self.fields}
 
   # ------------------------------------------------------------------- unconstrained
 
@@ -273,7 +334,7 @@ class Family:
     """Hyperparams from unconstrained reals u {field: [...]} (continuous fields) and the
     discrete codes {field: [...]}: each field lands inside the family's support."""
     hp = dict(discrete)
-    for field in CONTINUOUS:
+    for field in self.continuous:
       low, high, scale = self._interval(field, discrete["optimizer"])
       s = jax.nn.sigmoid(u[field])
       if scale == "fixed":
@@ -282,12 +343,12 @@ class Family:
         hp[field] = jnp.exp(jnp.log(low) + s * (jnp.log(high) - jnp.log(low)))
       else:
         hp[field] = low + s * (high - low)
-    return {f: hp[f] for f in FIELDS}
+    return {f: hp[f] for f in self.fields}
 
   def to_unconstrained(self, hparams):
     """Inverse of `from_unconstrained` for the continuous fields (clipped inside)."""
     u = {}
-    for field in CONTINUOUS:
+    for field in self.continuous:
       low, high, scale = self._interval(field, hparams["optimizer"])
       v = jnp.asarray(hparams[field], jnp.float32)
       if scale == "fixed":
@@ -307,12 +368,12 @@ class Family:
 
   def validate(self, hparams: Mapping[str, Any]) -> None:
     """Raises ValueError naming the field, the value and what the family allows."""
-    missing = [f for f in FIELDS if f not in hparams]
-    extra = [f for f in hparams if f not in FIELDS]
+    missing = [f for f in self.fields if f not in hparams]
+    extra = [f for f in hparams if f not in self.fields]
     if missing or extra:
-      raise ValueError(f"hyperparams must have exactly the fields {list(FIELDS)}; "
-                       f"missing {missing}, unknown {extra}.")
-    values = {f: np.asarray(hparams[f]).reshape(-1) for f in FIELDS}
+      raise ValueError(f"hyperparams of family {self.name!r} must have exactly the fields "
+                       f"{list(self.fields)}; missing {missing}, unknown {extra}.")
+    values = {f: np.asarray(hparams[f]).reshape(-1) for f in self.fields}
     sizes = {v.size for v in values.values()}
     if len(sizes) != 1:
       raise ValueError(f"hyperparam fields have different sizes {sorted(sizes)}.")
@@ -321,7 +382,9 @@ class Family:
 
   def _validate_member(self, hp):
     where = f"family {self.name!r}"
-    for field in ("network", "activation", "optimizer"):
+    coded = ("network", "activation", "optimizer") + (("rule",) if self.beyond_gradient
+                                                      else ())
+    for field in coded:
       names, support = CODE_TABLES[field], getattr(self, field + "s")
       code = hp[field]
       if code != int(code) or not 0 <= int(code) < len(names):
@@ -335,13 +398,18 @@ class Family:
     if steps != int(steps) or not 1 <= steps <= self.max_inner_steps:
       raise ValueError(f"hyperparam inner_steps={steps.item()!r} is outside {where}: allowed "
                        f"integers 1..{self.max_inner_steps}.")
+    if self.beyond_gradient:
+      k = hp["neighbours"]
+      if k != int(k) or not 1 <= k <= self.max_neighbours:
+        raise ValueError(f"hyperparam neighbours={k.item()!r} is outside {where}: allowed "
+                         f"integers 1..{self.max_neighbours}.")
     opt = optimizers.OPTIMIZERS[int(hp["optimizer"])]
     low, high = self.learning_rate_range(opt)
     lr = float(hp["learning_rate"])
     if not (math.isfinite(lr) and low * (1 - 1e-6) <= lr <= high * (1 + 1e-6)):
       raise ValueError(f"hyperparam learning_rate={lr!r} is outside {where}: "
                        f"for optimizer {opt!r} allowed [{low:g}, {high:g}].")
-    for field in CONTINUOUS:
+    for field in self.continuous:
       if field == "learning_rate":
         continue
       value, prior = float(hp[field]), self.prior(field)
@@ -353,8 +421,9 @@ class Family:
     """{field: value} with choice names turned into codes; unknown names are errors."""
     out = {}
     for field, value in overrides.items():
-      if field not in FIELDS:
-        raise ValueError(f"unknown hyperparam {field!r}; fields are {list(FIELDS)}.")
+      if field not in self.fields:
+        raise ValueError(f"unknown hyperparam {field!r} for family {self.name!r}; fields "
+                         f"are {list(self.fields)}.")
       if field in CODE_TABLES and isinstance(value, str):
         names = CODE_TABLES[field]
         if value not in names:
@@ -377,6 +446,11 @@ class Family:
   def describe(self, hparams) -> str:
     """One member's hyperparams as readable text."""
     hp = {f: np.asarray(v).item() for f, v in hparams.items()}
+    head = (f"softmax(T={hp['temperature']:.3g})" if self.task == "classification"
+            else "regression head")
+    rule = rules.RULES[int(hp["rule"])] if self.beyond_gradient else "gradient"
+    if rule != "gradient":
+      return " | ".join([_describe_rule(self, rule, hp), head])
     net = networks.NETWORKS[int(hp["network"])]
     act = networks.ACTIVATIONS[int(hp["activation"])]
     opt = optimizers.OPTIMIZERS[int(hp["optimizer"])]
@@ -402,10 +476,22 @@ class Family:
     if hp["shrink"] or hp["perturb"]:
       parts.append(f"shrink-perturb(shrink={hp['shrink']:.3g}, perturb={hp['perturb']:.3g})")
     parts.append(f"{int(hp['inner_steps'])} inner step(s)")
-    parts.append(f"softmax(T={hp['temperature']:.3g})" if self.task == "classification"
-                 else "regression head")
+    parts.append(head)
     parts.append(f"init_scale={hp['init_scale']:.3g}")
     return " | ".join(parts)
+
+
+def _describe_rule(family: Family, rule: str, hp) -> str:
+  if rule == "kalman":
+    return (f"kalman(in={family.in_dim}, prior std={hp['init_scale']:.3g}, "
+            f"drift={hp['kalman_drift']:.3g}, noise={hp['kalman_noise']:.3g})")
+  if rule == "knn":
+    return f"knn(neighbours={int(hp['neighbours'])}, window={family.window})"
+  if rule == "passive_aggressive":
+    return (f"passive_aggressive(C={hp['pa_aggressiveness']:.3g}, "
+            f"epsilon={hp['pa_epsilon']:.3g})")
+  return (f"prototype(centers={family.prototypes}, rate={hp['prototype_rate']:.3g}, "
+          f"value_rate={hp['value_rate']:.3g})")
 
 
 def _choices(family, field, values, allowed, empty_ok=False):
@@ -436,6 +522,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "mixed": dict(networks=networks.NETWORKS, activations=("relu", "tanh", "gelu"),
                   optimizers=optimizers.OPTIMIZERS, regularizers=REGULARIZERS,
                   max_inner_steps=2),
+    # The main job's networks beside a Kalman learner, a memory, passive-aggressive and
+    # competitive learning, each a fifth of the teachers (learners.rules).
+    "beyond_gradient": dict(networks=networks.NETWORKS, activations=("tanh",),
+                            optimizers=("sgd", "adam"), regularizers=("l2",),
+                            rules=rules.RULES),
 }
 
 
@@ -476,7 +567,7 @@ def from_config(config, task: str, x_shape: tuple, out_dim: int) -> Family:
   priors = dict(fields.pop("priors", ()))
   priors.update(_parse_priors(values.pop("priors", None) or ""))
   fields.update({k: v for k, v in values.items() if v is not None})
-  for k in ("networks", "activations", "optimizers", "regularizers"):
+  for k in ("networks", "activations", "optimizers", "regularizers", "rules"):
     if k in fields:
       fields[k] = _names(fields[k])
   fields["priors"] = tuple(sorted(priors.items()))

@@ -11,6 +11,10 @@ the anchor, the replay reservoir, and applies shrink-and-perturb. Its only rando
 numbers are the `Draws` of `draws` (replayed slots, reservoir slots, perturbation
 noise), from the member's key folded with the step number; `step(..., return_draws=True)`
 also returns them, so a dump can record every one.
+
+In a family whose members may learn by non-gradient rules (`learners.rules`), `step`
+picks the member's rule by its code with `lax.switch`, so a mixed population is still
+one `vmap`; each rule writes only its own part of the state.
 """
 
 from typing import Any, NamedTuple
@@ -19,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from learners import networks, optimizers, regularizers
+from learners import dispatch, networks, optimizers, regularizers, rules
 from learners.family import Family
 
 
@@ -31,6 +35,7 @@ class LearnerState(NamedTuple):
   replay: Any  # regularizers.Replay, or None unless the family has replay
   key: jax.Array
   step: jax.Array
+  rules: Any = None  # {rule: state} of the family's non-gradient rules, or None
 
 
 def y_spec(family: Family):
@@ -43,6 +48,9 @@ def y_spec(family: Family):
 def init(family: Family, hparams, key, params=None) -> LearnerState:
   """Initial state; weights drawn from `key` unless `params` gives them."""
   k_params, k_run = jax.random.split(key)
+  rule_states = None
+  if family.beyond_gradient:
+    rule_states = rules.init(family, hparams, jax.random.fold_in(key, 2))
   if params is None:
     params = networks.init(k_params, family.in_dim, family.out_dim, family.width,
                            family.depth, family.networks, scale=hparams["init_scale"])
@@ -58,6 +66,7 @@ def init(family: Family, hparams, key, params=None) -> LearnerState:
       replay=replay,
       key=k_run,
       step=jnp.zeros((), jnp.int32),
+      rules=rule_states,
   )
 
 
@@ -88,9 +97,21 @@ def data_loss(family: Family, hparams, params, x, y):
   return loss_from_outputs(family, hparams, out, y), out
 
 
+def state_outputs(family: Family, hparams, state: LearnerState, x):
+  """Raw outputs [B, out] of the member's state on x, whatever its rule."""
+  if not family.beyond_gradient:
+    return outputs(family, hparams, state.params, x)
+  branches = {"gradient": lambda s: outputs(family, hparams, s.params, x)}
+  for rule in family.rules:
+    if rule != "gradient":
+      branches[rule] = (lambda r: lambda s: rules.outputs(family, hparams, r, s.rules[r],
+                                                          x))(rule)
+  return dispatch.switch(hparams["rule"], rules.RULES, family.rules, branches, state)
+
+
 def behave(family: Family, hparams, state: LearnerState, x):
   """The behaviour on x [B, ...] without learning: [B, out]."""
-  return head(family, hparams, outputs(family, hparams, state.params, x))
+  return head(family, hparams, state_outputs(family, hparams, state, x))
 
 
 class Draws(NamedTuple):
@@ -176,15 +197,38 @@ def update(family: Family, hparams, state: LearnerState, x, y, grads=None,
   if "shrink_perturb" in regs:
     params = regularizers.shrink_perturb(params, hparams["shrink"], hparams["perturb"],
                                          drawn.noise)
-  return LearnerState(params, opt_state, anchor, fisher, replay, state.key, state.step + 1)
+  return LearnerState(params, opt_state, anchor, fisher, replay, state.key, state.step + 1,
+                      state.rules)
+
+
+def _gradient_step(family: Family, hparams, state: LearnerState, x, y):
+  (loss, out), grads = jax.value_and_grad(
+      lambda p: data_loss(family, hparams, p, x, y), has_aux=True)(state.params)
+  drawn = draws(family, state, x.shape[0])
+  state = update(family, hparams, state, x, y, grads=grads, drawn=drawn)
+  return state, (out, loss, drawn)
+
+
+def _rule_step(family: Family, hparams, rule: str, state: LearnerState, x, y):
+  out = rules.outputs(family, hparams, rule, state.rules[rule], x)
+  learned = rules.learn(family, hparams, rule, state.rules[rule], x, y)
+  state = state._replace(rules={**state.rules, rule: learned}, step=state.step + 1)
+  # The draws a gradient member would make: every member's outputs have one structure.
+  return state, (out, loss_from_outputs(family, hparams, out, y),
+                 draws(family, state._replace(step=state.step - 1), x.shape[0]))
 
 
 def step(family: Family, hparams, state: LearnerState, x, y, return_draws: bool = False):
   """Answers x, then learns from (x, y): (state, (behaviour [B, out], loss [])), with the
   update's `Draws` as a third output if asked (the same numbers either way)."""
-  (loss, out), grads = jax.value_and_grad(
-      lambda p: data_loss(family, hparams, p, x, y), has_aux=True)(state.params)
-  drawn = draws(family, state, x.shape[0])
-  state = update(family, hparams, state, x, y, grads=grads, drawn=drawn)
+  if family.beyond_gradient:
+    branches = {"gradient": lambda s: _gradient_step(family, hparams, s, x, y)}
+    for rule in family.rules:
+      if rule != "gradient":
+        branches[rule] = (lambda r: lambda s: _rule_step(family, hparams, r, s, x, y))(rule)
+    state, (out, loss, drawn) = dispatch.switch(hparams["rule"], rules.RULES,
+                                                family.rules, branches, state)
+  else:
+    state, (out, loss, drawn) = _gradient_step(family, hparams, state, x, y)
   aux = (head(family, hparams, out), loss)
   return state, (aux + (drawn,) if return_draws else aux)

@@ -25,16 +25,22 @@ from learners import family as family_lib
 from learners import learner, rollout
 from learners.stream_base import Stream
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Versions this code reads: 3 added the non-gradient rules (keys absent in a family of
+# networks alone, whose dumps are otherwise those of version 2).
+READABLE_VERSIONS = (2, 3)
 # A stream file with this key is a dump (`learners.npz` reads it as its stream).
 MARK = "behaviour"
 # Key prefixes of the nested parts.
 HPARAMS, CODES, INIT_PARAMS, DRAWS = "hparams", "codes", "init_params", "draws"
+INIT_RULES = "init_rules"
 
 
 class TeacherDump(NamedTuple):
   """A parsed dump: stream (numpy x [T, B, ...], y, task_id [T]); behaviour [T, B, out];
-  loss [T]; hparams {field: scalar}; init_params {kind: {dense_i: {w, b}}}; draws, a
+  loss [T]; hparams {field: scalar}; init_params {kind: {dense_i: {w, b}}}; init_rules
+  {rule: {name: array}}, the initial state of each non-gradient rule (None in a family
+  of networks alone); draws, a
   `learner.Draws` with leaves [T, ...] (None where the family draws none); init_key
   (uint32 key data); codes {field: names}, the global tables the coded hparams index;
   description (the parsed JSON)."""
@@ -44,6 +50,7 @@ class TeacherDump(NamedTuple):
   loss: np.ndarray
   hparams: dict
   init_params: Any
+  init_rules: Any
   draws: learner.Draws
   init_key: np.ndarray
   codes: dict
@@ -120,12 +127,16 @@ def record(family: family_lib.Family, hparams, init_key, stream: Stream) -> dict
   out.update({f"{CODES}/{field}": np.asarray(names)
               for field, names in family_lib.CODE_TABLES.items()})
   out.update(flatten(init.params, INIT_PARAMS))
+  if family.beyond_gradient:
+    out.update(flatten({r: (s._asdict() if hasattr(s, "_asdict") else s)
+                        for r, s in init.rules.items()}, INIT_RULES))
   out.update(flatten(traj.draws._asdict(), DRAWS))
   description = {
       "format_version": FORMAT_VERSION, "family": family.name, "task": family.task,
       "x_shape": list(family.x_shape), "out_dim": family.out_dim, "width": family.width,
       "depth": family.depth, "replay_size": family.replay_size,
-      "max_inner_steps": family.max_inner_steps,
+      "max_inner_steps": family.max_inner_steps, "window": family.window,
+      "max_neighbours": family.max_neighbours, "prototypes": family.prototypes,
       # The family's subsets of the code tables: what its members may use. Codes index
       # codes/<field>, never these lists.
       "support": {**{f: list(getattr(family, f + "s")) for f in family_lib.CODE_TABLES},
@@ -157,14 +168,16 @@ def load(path: str) -> TeacherDump:
                        f"{FORMAT_VERSION}); found keys {sorted(arrays)}.")
   description = json.loads(str(arrays["description"]))
   version = description.get("format_version")
-  if version != FORMAT_VERSION:
+  if version not in READABLE_VERSIONS:
     raise ValueError(f"teacher dump {path!r} has format_version {version!r}; this code "
-                     f"reads {FORMAT_VERSION} (write it again with launch.trace_teacher).")
+                     f"reads {list(READABLE_VERSIONS)} (write it again with "
+                     "launch.trace_teacher).")
   drawn = unflatten(arrays, DRAWS) or {}
   return TeacherDump(
       stream=Stream(arrays["x"], arrays["y"], arrays["task_id"]),
       behaviour=arrays["behaviour"], loss=arrays["loss"],
       hparams=unflatten(arrays, HPARAMS), init_params=unflatten(arrays, INIT_PARAMS),
+      init_rules=unflatten(arrays, INIT_RULES),
       draws=learner.Draws(**drawn), init_key=arrays["init_key"],
       codes={f: tuple(str(n) for n in v) for f, v in unflatten(arrays, CODES).items()},
       description=description)
@@ -178,4 +191,5 @@ def family(description: dict) -> family_lib.Family:
       width=d["width"], depth=d["depth"], networks=tuple(support["network"]),
       activations=tuple(support["activation"]), optimizers=tuple(support["optimizer"]),
       regularizers=tuple(support["regularizer"]), replay_size=d["replay_size"],
-      max_inner_steps=d["max_inner_steps"])
+      max_inner_steps=d["max_inner_steps"], rules=tuple(support.get("rule", ("gradient",))),
+      **{k: d[k] for k in ("window", "max_neighbours", "prototypes") if k in d})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from learners import family as family_lib
-from learners import networks, optimizers, rollout, streams
+from learners import networks, optimizers, rollout, rules, streams
 from learners.family import FAMILIES, Family
 from learners.streams import StreamSpec
 
@@ -44,11 +44,12 @@ def test_sample_respects_bounds(case):
   name, task, *rest = case
   fam = family(name, task, **(rest[0] if rest else {}))
   hp = np_hp(fam.sample(jax.random.PRNGKey(0), N))
-  assert set(hp) == set(family_lib.FIELDS)
+  assert set(hp) == set(family_lib.ALL_FIELDS if name == "beyond_gradient"
+                        else family_lib.FIELDS)
   for field, v in hp.items():
     assert v.shape == (N,), field
-    want = np.int32 if field in ("network", "activation", "optimizer", "inner_steps") \
-        else np.float32
+    want = np.int32 if field in ("network", "activation", "optimizer", "inner_steps",
+                                 "rule", "neighbours") else np.float32
     assert v.dtype == want, (field, v.dtype)
     assert np.all(np.isfinite(v)), field
 
@@ -59,6 +60,9 @@ def test_sample_respects_bounds(case):
     allowed = {names.index(s) for s in support}
     assert set(hp[field].tolist()) == allowed, field
   assert set(hp["inner_steps"].tolist()) == set(range(1, fam.max_inner_steps + 1))
+  if fam.beyond_gradient:
+    assert set(hp["rule"].tolist()) == {rules.RULES.index(r) for r in fam.rules}
+    assert set(hp["neighbours"].tolist()) == set(range(1, fam.max_neighbours + 1))
 
   # learning rate inside its own optimizer's range, spread log-uniformly over it
   for opt in fam.optimizers:
@@ -86,7 +90,7 @@ def test_sample_respects_bounds(case):
   if "shrink_perturb" in fam.regularizers:
     assert 0.4 < on.mean() < 0.6
   # every other continuous field inside the family's prior for it (0 only if it may be off)
-  for field in family_lib.CONTINUOUS:
+  for field in fam.continuous:
     if field == "learning_rate":
       continue
     prior = fam.prior(field)
@@ -106,6 +110,22 @@ def test_sample_respects_bounds(case):
   else:
     assert hp["temperature"].std() > 0.1
   fam.validate(hp)  # every sampled member is valid
+
+
+def test_rules_leave_the_network_members_draws_unchanged():
+  """beyond_gradient is small_mixed plus rules: a key draws the same network fields in
+  both (old runs keep their teachers), and the rule fields of their own."""
+  a = np_hp(family("small_mixed").sample(jax.random.PRNGKey(5), 256))
+  b = np_hp(family("beyond_gradient").sample(jax.random.PRNGKey(5), 256))
+  for f in family_lib.FIELDS:
+    np.testing.assert_array_equal(a[f], b[f], err_msg=f)
+  assert set(b) - set(a) == set(family_lib.RULE_FIELDS)
+  narrow = family("beyond_gradient", rules="gradient,knn")
+  c = np_hp(narrow.sample(jax.random.PRNGKey(5), 256))
+  assert set(c["rule"].tolist()) == {0, 2}
+  assert np.all(c["kalman_drift"] == 0) and np.all(c["value_rate"] == 0)  # rules it lacks
+  with pytest.raises(ValueError, match="no hyperparam 'rule'"):
+    family("small_mixed").sample(jax.random.PRNGKey(5), 4, fixed={"rule": 1})
 
 
 @pytest.mark.slow

@@ -244,6 +244,7 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
     horizons = [m * t for m in sorted(multiples) if m * t <= horizon] or [horizon]
     for k, ev in evs.items():
       rows = figures.rows_of(ev, shift, t, horizons, setting.family, strength, k)
+      figures.add_nie_by_rule(rows, ev, setting.family, t, label)
       results += rows
       comps += figures.comparisons(label, ev.err, ev.chance, shift, t, horizons, strength,
                                    ev.unit, k)

@@ -14,12 +14,15 @@ from imitator import metrics
 from imitator.rollout import co_rollout, episodes
 from imitator.rollout.references import BASELINES, KNOWN_HPARAMS, ORACLE, UNTRAINED
 from learners import family as family_lib
+from learners import rules
 
 
 VERSUS = BASELINES + (UNTRAINED, KNOWN_HPARAMS)  # what the trained imitator is paired with
 
 
 DIVERGENCE_EPS = (0.1, 0.25)
+
+FAMILY_CHANCE = "family"  # per-kind NIE of family teachers: against the family's chance
 
 
 # Behaviour beyond this (or non-finite) is a learner that blew up: such teachers leave a
@@ -205,6 +208,40 @@ def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None,
                     **identification_fields(zeros, ev.chance, t_train, u),
                     task_gap=0.0, task_gap_ci=[0.0, 0.0]))
   return rows
+
+
+def nie_by_kind(err, chances: dict, primary: str, steps: slice, sel, untrained=None) -> dict:
+  """The `nie_by_kind` entry of a row for one learner kind (teachers `sel`): n_teachers, the NIE against
+  each chance reference and its CI (`<reference>_ci`), and for the trained imitator
+  `versus_untrained`, its paired comparison with `untrained` on those teachers."""
+  entry = {"n_teachers": int(sel.sum())}
+  for n, c in chances.items():
+    nie, ci = metrics.nie_with_ci(err[sel], c[sel], steps)
+    entry[n], entry[f"{n}_ci"] = nie, list(ci)
+  if untrained is not None:
+    entry["versus_untrained"] = metrics.paired_comparison(
+        err[sel], untrained[sel], chances[primary][sel], steps)
+  return entry
+
+
+def add_nie_by_rule(rows: list, ev: Evaluated, family, t_train: int, trained: str) -> None:
+  """In a family with non-gradient members, gives each row `nie_by_kind` {rule: entry}:
+  its imitator's NIE on the held-out teachers of each rule (against the family's chance
+  teacher, `FAMILY_CHANCE`), and for `trained` the paired comparison with untrained on
+  them. Needs the teachers' hparams (per-step figures, up to STREAMED_ABOVE x T_train)."""
+  if not family.beyond_gradient or "rule" not in ev.hparams:
+    return
+  codes = np.asarray(ev.hparams["rule"])
+  errs = dict(ev.err, **{ORACLE: np.zeros_like(ev.chance)})
+  for r in rows:
+    err = errs[r["imitator"]]
+    steps = metrics.figure_steps(r["horizon"] // ev.unit, t_train // ev.unit)
+    untrained = ev.err.get(UNTRAINED) if r["imitator"] == trained else None
+    r["chance"] = FAMILY_CHANCE  # what `nie_by_kind` is relative to, as in recorded rows
+    r["nie_by_kind"] = {
+        rule: nie_by_kind(err, {FAMILY_CHANCE: ev.chance}, FAMILY_CHANCE, steps,
+                          codes == rules.RULES.index(rule), untrained)
+        for rule in family.rules if np.any(codes == rules.RULES.index(rule))}
 
 
 def comparisons(label: str, errs: dict, chance, shift, t_train, horizons,

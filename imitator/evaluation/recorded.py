@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imitator import metrics
-from imitator.evaluation import battery, figures
+from imitator.evaluation import battery, figures, render
 from imitator.kinds import registry
 from imitator.metrics import HORIZON_MULTIPLES
 from imitator.rollout import episodes, objective
@@ -35,7 +35,7 @@ from imitator.rollout.references import ORACLE, UNTRAINED
 from learners import recorded, rollout, streams
 from learners.stream_base import Stream
 
-SAME_KIND, FAMILY = "same_kind", "family"
+SAME_KIND, FAMILY = "same_kind", figures.FAMILY_CHANCE
 PREFIX = "recorded:"
 
 
@@ -154,28 +154,14 @@ def evaluate_recorded(exp, meta, rec: recorded.Recorded, multiples=HORIZON_MULTI
       for n, c in kept_chances.items():
         nie, ci = metrics.nie_with_ci(err, c, steps)
         r["nie_versus"][n] = {"nie": nie, "nie_ci": list(ci)}
-      r["nie_by_kind"] = {kind: _by_kind(err, kept_chances, primary, steps, kinds == kind,
-                                         errs.get(UNTRAINED) if r["imitator"] == label
-                                         else None)
+      untrained = errs.get(UNTRAINED) if r["imitator"] == label else None
+      r["nie_by_kind"] = {kind: figures.nie_by_kind(err, kept_chances, primary, steps,
+                                                    kinds == kind, untrained)
                           for kind in sorted(set(kinds.tolist()))}
       r["recorded_file"] = rec.path
     results += rows
     comps += figures.comparisons(label, ev.err, ev.chance, shift, t, rows_at, None, 1, k)
   return {"results": results, "comparisons": comps, "shift": shift, "excluded": excluded}
-
-
-def _by_kind(err, chances: dict, primary: str, steps: slice, sel, untrained=None) -> dict:
-  """The `nie_by_kind` entry of one kind (teachers `sel`): n_teachers, the NIE against
-  each chance reference and its CI (`<reference>_ci`), and for the trained imitator
-  `versus_untrained`, its paired comparison with `untrained` on those teachers."""
-  entry = {"n_teachers": int(sel.sum())}
-  for n, c in chances.items():
-    nie, ci = metrics.nie_with_ci(err[sel], c[sel], steps)
-    entry[n], entry[f"{n}_ci"] = nie, list(ci)
-  if untrained is not None:
-    entry["versus_untrained"] = metrics.paired_comparison(
-        err[sel], untrained[sel], chances[primary][sel], steps)
-  return entry
 
 
 def table(results: list, t_train: int) -> str:
@@ -192,44 +178,6 @@ def table(results: list, t_train: int) -> str:
              "all" if r.get("observe") is None else f"first {r['observe']}"]
     for n in refs:
       v = r["nie_versus"].get(n)
-      cells.append("-" if v is None else _with_ci(v["nie"], v["nie_ci"]))
+      cells.append("-" if v is None else render.with_ci(v["nie"], v["nie_ci"]))
     lines.append(" | ".join(cells))
   return "\n".join(lines)
-
-
-def kind_table(results: list, t_train: int, reference: str = SAME_KIND) -> str:
-  """Per learner kind, at the rows' longest horizon, teacher-forced and for each cut
-  alone: the trained imitator's and `untrained`'s NIE against `reference` [95% CI], and
-  the paired ratio trained / untrained (metrics.paired_comparison) [95% paired CI]."""
-  trained = [r for r in results if any("versus_untrained" in e
-                                       for e in r.get("nie_by_kind", {}).values())]
-  if not trained:
-    return "(no trained imitator rows)"
-  label = trained[0]["imitator"]
-  H = max(r["horizon"] for r in trained)
-  at = {(r["imitator"], r.get("observe")): r for r in results if r["horizon"] == H}
-  horizon = f"{H // t_train}x" if H % t_train == 0 else f"{H} steps"
-  lines = [f"per learner kind at {horizon} T_train, NIE vs {reference} chance [95% CI]:",
-           " | ".join(["kind", "teachers", "seen", f"{label}", UNTRAINED,
-                       f"{label} / {UNTRAINED} [paired 95% CI]"])]
-  cuts = sorted({o for (n, o) in at if n == label}, key=lambda o: -1 if o is None else o)
-  for kind in sorted(trained[0]["nie_by_kind"]):
-    for cut in cuts:
-      mine, base = at.get((label, cut)), at.get((UNTRAINED, cut))
-      if mine is None or kind not in mine["nie_by_kind"]:
-        continue
-      e = mine["nie_by_kind"][kind]
-      u = base["nie_by_kind"].get(kind) if base else None
-      cmp_ = e.get("versus_untrained", {})
-      lines.append(" | ".join([
-          kind, str(e["n_teachers"]), "all" if cut is None else f"first {cut}",
-          _with_ci(e.get(reference), e.get(f"{reference}_ci", [None, None])),
-          "-" if u is None else _with_ci(u.get(reference),
-                                         u.get(f"{reference}_ci", [None, None])),
-          _with_ci(cmp_.get("nie_ratio"), cmp_.get("nie_ratio_ci", [None, None]))]))
-  return "\n".join(lines)
-
-
-def _with_ci(value, ci) -> str:
-  f = lambda v: "nan" if v is None or not np.isfinite(v) else f"{v:.3f}"
-  return f"{f(value)} [{f(ci[0])}, {f(ci[1])}]"

@@ -7,7 +7,7 @@ import collections
 import numpy as np
 
 from imitator.metrics import HORIZON_MULTIPLES, IDENTIFIED_NIE
-from imitator.rollout.references import BASELINES, ORACLE, REFERENCES
+from imitator.rollout.references import BASELINES, ORACLE, REFERENCES, UNTRAINED
 
 
 def with_ci(value, ci, digits=3):
@@ -25,6 +25,40 @@ def value_text(value, digits=3):
   if value is None:
     return "diverged"
   return f"{value:.2g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
+
+
+def kind_table(results: list, t_train: int, reference: str) -> str:
+  """Per learner kind, at the rows' longest horizon, teacher-forced and for each cut
+  alone: the trained imitator's and `untrained`'s NIE against `reference` [95% CI], and
+  the paired ratio trained / untrained (metrics.paired_comparison) [95% paired CI]."""
+  trained = [r for r in results if any("versus_untrained" in e
+                                       for e in r.get("nie_by_kind", {}).values())]
+  if not trained:
+    return "(no trained imitator rows)"
+  label = trained[0]["imitator"]
+  H = max(r["horizon"] for r in trained)
+  at = {(r["imitator"], r.get("observe")): r for r in results if r["horizon"] == H}
+  horizon = f"{H // t_train}x" if H % t_train == 0 else f"{H} steps"
+  head = ["kind", "teachers", "seen", label, UNTRAINED,
+          f"{label} / {UNTRAINED} [paired 95% CI]"]
+  lines = [f"per learner kind at {horizon} T_train, NIE vs {reference} chance [95% CI]:",
+           "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  cuts = sorted({o for (n, o) in at if n == label}, key=lambda o: -1 if o is None else o)
+  for kind in sorted(trained[0]["nie_by_kind"]):
+    for cut in cuts:
+      mine, base = at.get((label, cut)), at.get((UNTRAINED, cut))
+      if mine is None or kind not in mine["nie_by_kind"]:
+        continue
+      e = mine["nie_by_kind"][kind]
+      u = base["nie_by_kind"].get(kind) if base else None
+      cmp_ = e.get("versus_untrained", {})
+      lines.append("| " + " | ".join([
+          kind, str(e["n_teachers"]), "all" if cut is None else f"first {cut}",
+          with_ci(e.get(reference), e.get(f"{reference}_ci", [None, None])),
+          "-" if u is None else with_ci(u.get(reference),
+                                         u.get(f"{reference}_ci", [None, None])),
+          with_ci(cmp_.get("nie_ratio"), cmp_.get("nie_ratio_ci", [None, None]))]) + " |")
+  return "\n".join(lines)
 
 
 def _divergence(row, eps):
@@ -246,6 +280,11 @@ def markdown(report: dict) -> str:
   for (shift, observe), rows in sweeps.items():
     lines += _sweep_table(shift, rows, t, observe)
   lines += _comparison_table(report, battery, t)
+  for shift in dict.fromkeys(s for (s, _), rows in battery.items()
+                             if any("nie_by_kind" in r for r in rows)):
+    rows = [r for (s, _), rs in battery.items() if s == shift for r in rs]
+    lines += [f"## {shift}: per learner kind", "",
+              kind_table(rows, t, rows[0].get("chance", "")), ""]
   if forgetting:
     lines += ["## forgetting (tasks A+B, then A alone; loss on held-out B)", "",
               "| imitator | mean gap to the teacher's curve [95% CI] | teachers |",

@@ -99,6 +99,10 @@ def particle_groups(fam: family_lib.Family, split: bool = True) -> tuple[Group, 
   """The particles, one per combination of discrete choices, in groups: with `split`,
   one group per (network, optimizer) whose learners hold only those; else one group
   whose learners hold the family's superset state (cheaper to compile, slower to run)."""
+  if fam.beyond_gradient:
+    raise ValueError(f"imitator.kind=system_id runs particles that learn by gradient "
+                     f"steps; family {fam.name!r} has rules {list(fam.rules)}: use "
+                     "imitator.kind=gradient or in_context, or --config.family.rules=gradient.")
   if split:
     parts = [((net,), (opt,)) for net, opt in itertools.product(fam.networks, fam.optimizers)]
   else:

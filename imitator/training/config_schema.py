@@ -187,11 +187,12 @@ def validate(config) -> None:
   _check("", config, SCHEMA)
   _check_numbers(config)
   streams.StreamSpec.from_config(config.stream)
-  unknown = sorted(set(config.get("teacher", {}).keys()) - set(family_lib.FIELDS))
+  unknown = sorted(set(config.get("teacher", {}).keys()) - set(family_lib.ALL_FIELDS))
   if unknown:
     raise ValueError(f"unknown field(s) {unknown} in config.teacher; allowed: "
-                     f"{list(family_lib.FIELDS)}.")
-  for field in ("name", "networks", "activations", "optimizers", "regularizers", "priors"):
+                     f"{list(family_lib.ALL_FIELDS)}.")
+  for field in ("name", "networks", "activations", "optimizers", "regularizers", "priors",
+                "rules"):
     value = config.family.get(field)
     if not (isinstance(value, str) or (value is None and field != "name")):
       raise ValueError(f"family.{field}={value!r} is not allowed: it must be a string "
