@@ -18,7 +18,7 @@ from imitator.kinds import system_id
 from imitator.training import config_schema
 from launch.configs import beyond_gradient, default
 from learners import family as family_lib
-from learners import rollout, rules
+from learners import learner, rollout, rules
 from learners.stream_base import Stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,8 +90,7 @@ def test_bad_rules_and_rule_fields_are_named():
     small.codes({"rule": "knn"})  # ... and a family without rules names it
   with pytest.raises(ValueError, match="has no hyperparam 'rule'"):
     small.sample(jax.random.key(0), 2, {"rule": 1})
-  with pytest.raises(ValueError, match="system_id runs particles that learn by gradient"):
-    system_id.particle_groups(fam)
+
 
 
 def test_small_mixed_members_are_beyond_gradients_gradient_members():
@@ -133,3 +132,26 @@ def test_smoke_run_reports_every_learner_kind(tmp_path):
     assert sum(e["n_teachers"] for e in kinds.values()) == r["n_teachers"]
     assert all(np.isfinite(e["family"]) for e in kinds.values())
   assert beyond_gradient.get_config("recurrent,smoke").imitator.kind == "in_context"
+
+
+@pytest.mark.parametrize("rule", ["kalman", "knn", "passive_aggressive"])
+def test_system_id_given_a_rules_true_hparams_is_that_teacher_alone_too(rule):
+  """One particle of a rule, the teacher's hyperparams: the member itself, step for step,
+  teacher-forced and alone (these rules draw no random numbers)."""
+  fam = _family(rules=rule, max_neighbours=1, window=8)
+  hp = fam.member(fam.sample(jax.random.key(1), 1), 0)
+  key = jax.random.key(2)
+  x = jax.random.normal(jax.random.key(3), (40, 2, 4))
+  stream = Stream(x, 0.5 * x[..., :1] - x[..., 1:2], np.zeros(40, np.int32))
+  traj = rollout.rollout(fam, hp, key, stream)
+  im = system_id.SystemIdImitator(task="regression", x_shape=(4,), out_dim=1, family=fam,
+                                  mode="refine", batch=2)
+  assert im.particles == 1
+  meta = im.meta_for_teacher(hp, learner.init(fam, hp, key).params)
+  seen = np.arange(40) < 10
+  for flags in (None, seen):
+    state = im.init(meta, jax.random.key(9))
+    _, a_hat = jax.jit(im.unroll)(meta, state, stream.x, stream.y, traj.behaviour,
+                                  seen=flags)
+    np.testing.assert_allclose(a_hat, traj.behaviour, atol=1e-5, rtol=1e-4)
+  assert float(np.abs(traj.behaviour[-1] - traj.behaviour[5]).max()) > 0.05  # it learned

@@ -158,3 +158,24 @@ def test_readme_block_is_replaced_and_missing_markers_exit_2(runs, tmp_path):
                        timeout=120)
   assert bad.returncode == 2 and str(bare) in bad.stderr and "results:begin" in bad.stderr
   assert bare.read_text() == "no markers here\n"
+
+
+def test_kind_table_reads_each_kinds_figures_teacher_forced_and_alone(tmp_path):
+  run = str(tmp_path / "k")
+  _write(run, "config.json", {"family": {"name": "beyond_gradient"},
+                              "imitator": {"kind": "gradient"}})
+  by_kind = lambda v: {k: {"n_teachers": 4, "family": v + i, "family_ci": [v + i - 0.01,
+                                                                          v + i + 0.01]}
+                       for i, k in enumerate(("kalman", "knn"))}
+  rows = [_row(name, "none", 64, 0.3, observe=o, chance="family",
+               nie_by_kind=by_kind(base + (0.5 if o else 0.0)))
+          for name, base in (("gradient", 0.1), ("untrained", 0.2)) for o in (None, 4)]
+  rows.append(_row("gradient", "none", 4, 0.3, chance="family", nie_by_kind=by_kind(7.0)))
+  _write(run, "eval/report.json", {"t_train": 4, "results": rows})
+  text = "\n".join(results.kind_tables([results.load(run)]))
+  # kalman: gradient 0.1 forced, 0.6 alone; untrained 0.2 / 0.7 (at 16x, not the 1x row)
+  assert "| kalman | 0.100 [0.090, 0.110] / 0.600 [0.590, 0.610] | 0.200 [0.190, 0.210] " \
+         "/ 0.700 [0.690, 0.710] |" in text
+  assert "| knn | 1.100 [1.090, 1.110] / 1.600 [1.590, 1.610] |" in text
+  assert "against the family chance reference" in text
+  assert results.kind_tables([results.load(str(tmp_path / "nothing"))]) == []

@@ -1,7 +1,8 @@
 """The `system_id` imitator: the teacher family itself, with the member inferred.
 
 It runs one particle per combination of the family's discrete choices (network,
-activation, optimizer, inner steps; a linear network has no activation to choose).
+activation, optimizer, inner steps; a linear network has no activation to choose; each
+non-gradient rule, `learners.rules`, with each number of neighbours for knn).
 Each particle is a full learner of the family (`learners.learner`) with its own
 estimate of the continuous hyperparams (unconstrained reals u mapped into the family's
 support) and of the weights. Particles that share a network and an optimizer form a
@@ -20,6 +21,9 @@ On `observe(x, y, a)` every particle
    with `tracker="kalman"` by its Kalman step instead, each particle carrying its own
    weight covariance (so that a network's weights are identified in far fewer steps);
 5. learns from (x, y) exactly as a teacher with its estimated hyperparams would.
+
+A particle of a non-gradient rule is scored (1) and refined (2) as the others are; its
+state is not weights to track (4), so it only learns as the member it is (5).
 
 On an unseen step (the imitator runs alone) only 5 happens: the particles are no longer
 reweighted, refined or tracked, and keep learning from (x, y) as the members they are.
@@ -45,7 +49,7 @@ from imitator import metrics
 from imitator.kinds import tracking
 from imitator.kinds.base import Imitator, all_seen
 from learners import family as family_lib
-from learners import learner, networks, optimizers
+from learners import learner, networks, optimizers, rules
 
 MODES = ("refine", "amortized", "both")
 META_GRADS = ("full", "evidence")
@@ -95,32 +99,48 @@ def _combos(fam: family_lib.Family, nets, opts):
   return out
 
 
+def _codes(combos):
+  return {
+      "network": jnp.asarray([networks.NETWORKS.index(c[0]) for c in combos], jnp.int32),
+      "activation": jnp.asarray([networks.ACTIVATIONS.index(c[1]) for c in combos],
+                                jnp.int32),
+      "optimizer": jnp.asarray([optimizers.OPTIMIZERS.index(c[2]) for c in combos],
+                               jnp.int32),
+      "inner_steps": jnp.asarray([c[3] for c in combos], jnp.int32),
+  }
+
+
 def particle_groups(fam: family_lib.Family, split: bool = True) -> tuple[Group, ...]:
   """The particles, one per combination of discrete choices, in groups: with `split`,
   one group per (network, optimizer) whose learners hold only those; else one group
-  whose learners hold the family's superset state (cheaper to compile, slower to run)."""
-  if fam.beyond_gradient:
-    raise ValueError(f"imitator.kind=system_id runs particles that learn by gradient "
-                     f"steps; family {fam.name!r} has rules {list(fam.rules)}: use "
-                     "imitator.kind=gradient or in_context, or --config.family.rules=gradient.")
+  whose learners hold the family's superset state (cheaper to compile, slower to run).
+  Each non-gradient rule of the family is a group of its own (knn: one particle per
+  number of neighbours), whose learners hold that rule alone."""
   if split:
-    parts = [((net,), (opt,)) for net, opt in itertools.product(fam.networks, fam.optimizers)]
+    parts = [((net,), (opt,)) for net, opt in itertools.product(fam.networks,
+                                                                fam.optimizers)]
   else:
     parts = [(fam.networks, fam.optimizers)]
   groups = []
-  for nets, opts in parts:
-    combos = _combos(fam, nets, opts)
-    codes = {
-        "network": jnp.asarray([networks.NETWORKS.index(c[0]) for c in combos], jnp.int32),
-        "activation": jnp.asarray([networks.ACTIVATIONS.index(c[1]) for c in combos],
-                                  jnp.int32),
-        "optimizer": jnp.asarray([optimizers.OPTIMIZERS.index(c[2]) for c in combos],
-                                 jnp.int32),
-        "inner_steps": jnp.asarray([c[3] for c in combos], jnp.int32),
-    }
-    acts = fam.activations if "mlp" in nets else fam.activations[:1]
-    sub = dataclasses.replace(fam, networks=nets, optimizers=opts, activations=acts)
-    groups.append(Group("+".join(nets) + "/" + "+".join(opts), sub, codes))
+  if "gradient" in fam.rules:
+    for nets, opts in parts:
+      acts = fam.activations if "mlp" in nets else fam.activations[:1]
+      sub = dataclasses.replace(fam, networks=nets, optimizers=opts, activations=acts,
+                                rules=("gradient",))
+      groups.append(Group("+".join(nets) + "/" + "+".join(opts), sub,
+                          _codes(_combos(fam, nets, opts))))
+  for rule in fam.rules:
+    if rule == "gradient":
+      continue
+    # The rule's learners still carry the smallest network state (unused by the rule).
+    sub = dataclasses.replace(fam, networks=fam.networks[:1], optimizers=fam.optimizers[:1],
+                              activations=fam.activations[:1], regularizers=(),
+                              rules=(rule,))
+    ks = range(1, fam.max_neighbours + 1) if rule == "knn" else (1,)
+    codes = _codes([(sub.networks[0], sub.activations[0], sub.optimizers[0], 1)] * len(ks))
+    codes["rule"] = jnp.full((len(ks),), rules.RULES.index(rule), jnp.int32)
+    codes["neighbours"] = jnp.asarray(list(ks), jnp.int32)
+    groups.append(Group(rule, sub, codes))
   return tuple(groups)
 
 
@@ -179,11 +199,11 @@ class SystemIdImitator(Imitator):
 
   def _encoder(self, rngs):
     features = self.in_dim + 3 * self.out_dim + 1
-    return Encoder(features, self.encoder_hidden, len(family_lib.CONTINUOUS), rngs)
+    return Encoder(features, self.encoder_hidden, len(self.family.continuous), rngs)
 
   def _hparams(self, group: Group, u):
     """Hyperparams {field: [K]} of a group's particles from u {field: [K]}."""
-    return self.family.from_unconstrained(u, group.codes)
+    return group.family.from_unconstrained(u, group.codes)
 
   # ----------------------------------------------------------------- meta
 
@@ -194,7 +214,7 @@ class SystemIdImitator(Imitator):
                             fam.networks)
     return {
         "init_params": {kind: networks.zero_readout(p) for kind, p in weights.items()},
-        "u": {g.name: {f: jnp.zeros((g.size,)) for f in family_lib.CONTINUOUS}
+        "u": {g.name: {f: jnp.zeros((g.size,)) for f in g.family.continuous}
               for g in self.groups},
         "log_prior": {g.name: jnp.zeros((g.size,)) for g in self.groups},
         "track_logit": jnp.asarray(_logit(self.init_track), jnp.float32),
@@ -203,7 +223,7 @@ class SystemIdImitator(Imitator):
             "log_track_scale": jnp.zeros((), jnp.float32)}
            if self.tracker == "kalman" else {}),
         "log_refine": {f: jnp.asarray(math.log(self.init_refine), jnp.float32)
-                       for f in family_lib.CONTINUOUS},
+                       for f in self.family.continuous},
         "log_temp": jnp.asarray(math.log(self.init_temp), jnp.float32),
         "forget_logit": jnp.asarray(_logit(self.init_forget), jnp.float32),
         "encoder": nnx.to_pure_dict(nnx.split(self._encoder(nnx.Rngs(k_enc)))[1]),
@@ -217,7 +237,7 @@ class SystemIdImitator(Imitator):
     meta = self.init_meta(jax.random.key(0))
     u = self.family.to_unconstrained(hparams)
     (group,) = self.groups
-    meta["u"] = {group.name: {f: jnp.reshape(u[f], (1,)) for f in family_lib.CONTINUOUS}}
+    meta["u"] = {group.name: {f: jnp.reshape(u[f], (1,)) for f in group.family.continuous}}
     meta["init_params"] = init_params
     meta["track_logit"] = jnp.asarray(-jnp.inf)
     meta["log_refine"] = jax.tree.map(lambda v: jnp.asarray(-jnp.inf), meta["log_refine"])
@@ -275,8 +295,8 @@ class SystemIdImitator(Imitator):
       return state["u"]
     enc = nnx.merge(self._graph, meta["encoder"])
     delta = enc.out(state["h"])
-    return {g: {f: u[f] + delta[i] for i, f in enumerate(family_lib.CONTINUOUS)}
-            for g, u in state["u"].items()}
+    index = {f: i for i, f in enumerate(self.family.continuous)}
+    return {g: {f: v + delta[index[f]] for f, v in u.items()} for g, u in state["u"].items()}
 
   def _behave(self, group, hp, states, x):
     return jax.vmap(lambda h, s: learner.behave(group.family, h, s, x))(hp, states)
@@ -284,8 +304,12 @@ class SystemIdImitator(Imitator):
   def estimate(self, meta, state):
     """The inferred hyperparams: those of the most probable particle."""
     u = self._effective_u(meta, state)
-    hp = {f: self._all({g.name: self._hparams(g, u[g.name])[f] for g in self.groups})
-          for f in family_lib.FIELDS}
+    per_group = {g.name: self._hparams(g, u[g.name]) for g in self.groups}
+    # A field a group's members lack (a rule's, or the networks' in a rule group): 0.
+    zeros = lambda g, f: jnp.zeros((g.size,), jnp.int32 if f in family_lib.DISCRETE
+                                   else jnp.float32)
+    hp = {f: self._all({g.name: per_group[g.name].get(f, zeros(g, f)) for g in self.groups})
+          for f in self.family.fields}
     best = jnp.argmax(self._all(state["log_w"]))
     return {f: v[best] for f, v in hp.items()}
 
@@ -389,6 +413,14 @@ class SystemIdImitator(Imitator):
     tracked, learned, covs = {}, {}, {}
     for g in self.groups:
       hp = self._hparams(g, u_eff[g.name])
+      if g.family.beyond_gradient:
+        # A rule's state is not weights that tracking could pull: it runs as the member.
+        tracked[g.name] = state["learners"][g.name]
+        if self.tracker == "kalman":
+          covs[g.name] = state["track_cov"][g.name]
+        learned[g.name] = jax.vmap(lambda h_k, s_k: learner.step(g.family, h_k, s_k, x,
+                                                                 y)[0])(hp, tracked[g.name])
+        continue
       if self.tracker == "kalman":
         tracked[g.name], covs[g.name] = jax.vmap(
             lambda h_k, s_k, c_k: self._kalman_track(meta, g, h_k, s_k, c_k, x, a, seen))(
@@ -417,7 +449,8 @@ class SystemIdImitator(Imitator):
     for g in self.groups:
       learners = state["learners"][g.name]
       finite = jax.vmap(lambda p: jnp.all(jnp.stack(
-          [jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(p)])))(learners.params)
+          [jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(p)
+           if jnp.issubdtype(l.dtype, jnp.floating)])))((learners.params, learners.rules))
       bad = ~(usable[g.name] & finite)
       fresh = self._group_init(meta, g, jax.random.key(0))._replace(key=learners.key,
                                                                     step=learners.step)
@@ -530,9 +563,12 @@ class SystemIdImitator(Imitator):
     for g in self.groups:
       def one_step_error(u_k, d_k, prev_k, codes_k):
         u_in = {f: u_k[f] + d_k[f] for f in u_k} if d_k else u_k
-        hp_k = self.family.from_unconstrained(u_in, codes_k)
-        moved = learner.update(g.family, hp_k, prev_k, state["prev_x"], state["prev_y"],
-                               perturbation_noise=False)
+        hp_k = g.family.from_unconstrained(u_in, codes_k)
+        if g.family.beyond_gradient:
+          moved = learner.step(g.family, hp_k, prev_k, state["prev_x"], state["prev_y"])[0]
+        else:
+          moved = learner.update(g.family, hp_k, prev_k, state["prev_x"], state["prev_y"],
+                                 perturbation_noise=False)
         return metrics.divergence(task, a, learner.behave(g.family, hp_k, moved, x)).mean()
 
       # First order in the outer loop: the meta-gradient does not differentiate the

@@ -8,25 +8,32 @@ task-switching regression stream. The argument picks the imitator:
     python -m launch.train --config=launch/configs/beyond_gradient.py --workdir=runs/beyond
     python -m launch.train --config=launch/configs/beyond_gradient.py:recurrent \\
         --workdir=runs/beyond_recurrent
+    python -m launch.train --config=launch/configs/beyond_gradient.py:system_id \\
+        --workdir=runs/beyond_system_id
     python -m launch.evaluate --workdir=runs/beyond --shifts=none --noforgetting --observe=1x
 
 `gradient` (default): the main job's imitator and training (free-running episodes in
 the last third). `recurrent`: the in_context recurrent imitator as
-launch/configs/in_context.py trains it. report.md gets a table per learner kind
-(`nie_by_kind`). `system_id` does not run here: its particles learn by gradient steps.
-`:smoke` shrinks either to seconds (tests).
+launch/configs/in_context.py trains it. `system_id`: as launch/configs/system_id.py:main
+trains it, with one particle per network and optimizer and one per rule (eight for knn,
+one per number of neighbours). report.md gets a table per learner kind (`nie_by_kind`).
+`:smoke` shrinks any of them to seconds (tests).
 """
 
-from launch.configs import default, in_context
+from launch.configs import default, in_context, system_id
 
-IMITATORS = ("gradient", "recurrent")
+IMITATORS = ("gradient", "recurrent", "system_id")
 
 
 def get_config(arg=None):
   words = default.parse_arg(arg, IMITATORS + ("smoke",))
   smoke = ",smoke" if "smoke" in words else ""
+  if len(words & set(IMITATORS)) > 1:
+    raise ValueError(f"pick one imitator, not {sorted(words & set(IMITATORS))}.")
   if "recurrent" in words:
     config = in_context.get_config("recurrent" + smoke)
+  elif "system_id" in words:
+    config = system_id.get_config("main" + smoke)
   else:
     config = default.get_config(smoke.strip(",") or None)
   config.family.name = "beyond_gradient"
