@@ -211,11 +211,11 @@ def _gradient_step(family: Family, hparams, state: LearnerState, x, y):
 
 def _rule_step(family: Family, hparams, rule: str, state: LearnerState, x, y):
   out = rules.outputs(family, hparams, rule, state.rules[rule], x)
+  # The draws a network member would make (unused): every branch has one output structure.
+  drawn = draws(family, state, x.shape[0])
   learned = rules.learn(family, hparams, rule, state.rules[rule], x, y)
   state = state._replace(rules={**state.rules, rule: learned}, step=state.step + 1)
-  # The draws a gradient member would make: every member's outputs have one structure.
-  return state, (out, loss_from_outputs(family, hparams, out, y),
-                 draws(family, state._replace(step=state.step - 1), x.shape[0]))
+  return state, (out, loss_from_outputs(family, hparams, out, y), drawn)
 
 
 def step(family: Family, hparams, state: LearnerState, x, y, return_draws: bool = False):

@@ -93,6 +93,7 @@ def test_bad_rules_and_rule_fields_are_named():
 
 
 
+@pytest.mark.slow
 def test_small_mixed_members_are_beyond_gradients_gradient_members():
   """A member of rule `gradient` learns exactly as the same member of a family of
   networks alone (the rule dispatch adds nothing to it)."""
@@ -113,9 +114,9 @@ def test_small_mixed_members_are_beyond_gradients_gradient_members():
 def test_smoke_run_reports_every_learner_kind(tmp_path):
   work = str(tmp_path / "run")
   cfg = os.path.join(ROOT, "launch", "configs", "beyond_gradient.py")
-  train = subprocess.run([sys.executable, "-m", "launch.train", f"--config={cfg}:smoke",
-                          f"--workdir={work}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=900)
+  train = subprocess.run([sys.executable, "-m", "launch.train",
+                          f"--config={cfg}:gradient,smoke", f"--workdir={work}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
   assert train.returncode == 0, train.stderr[-2000:]
   ev = subprocess.run([sys.executable, "-m", "launch.evaluate", f"--workdir={work}",
                        "--shifts=none", "--noforgetting", "--horizons=1,2", "--observe=16"],
@@ -132,6 +133,7 @@ def test_smoke_run_reports_every_learner_kind(tmp_path):
     assert sum(e["n_teachers"] for e in kinds.values()) == r["n_teachers"]
     assert all(np.isfinite(e["family"]) for e in kinds.values())
   assert beyond_gradient.get_config("recurrent,smoke").imitator.kind == "in_context"
+  assert beyond_gradient.get_config().imitator.kind == "system_id"
 
 
 @pytest.mark.parametrize("rule", ["kalman", "knn", "passive_aggressive"])

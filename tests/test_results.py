@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from imitator.evaluation import figures
 from launch import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,3 +181,39 @@ def test_kind_table_reads_each_kinds_figures_teacher_forced_and_alone(tmp_path):
   assert "| knn | 1.100 [1.090, 1.110] / 1.600 [1.590, 1.610] |" in text
   assert "against the family chance reference" in text
   assert results.kind_tables([results.load(str(tmp_path / "nothing"))]) == []
+
+
+def test_runs_on_the_same_teachers_are_compared_paired(tmp_path):
+  """The ratio of two runs' imitators over the same teachers, with a paired CI, by hand:
+  run b's errors are run a's times 0.5 teacher by teacher, so every bootstrap draw gives
+  0.5 exactly; a run on other teachers (another teachers_id) is not paired."""
+  rng = np.random.default_rng(0)
+  err_a, chance = rng.gamma(1.0, size=16), rng.gamma(2.0, size=16)
+  made = {}
+  for name, kind, scale, tid in (("a", "gradient", 1.0, "x"), ("b", "system_id", 0.5, "x"),
+                                 ("c", "in_context", 0.5, "y")):
+    run = str(tmp_path / name)
+    _write(run, "config.json", {"family": {"name": "small_mixed"},
+                                "imitator": {"kind": kind}})
+    im = {"gradient": "gradient", "system_id": "system_id/both",
+          "in_context": "in_context/recurrent"}[kind]
+    rows = [_row(im, "none", 64, 0.2, observe=o, teachers_id=tid,
+                 per_teacher={"err": (scale * err_a * (2 if o else 1)).tolist(),
+                              "chance": chance.tolist()}) for o in (None, 4)]
+    _write(run, "eval/report.json", {"t_train": 4, "results": rows})
+    made[name] = results.load(run)
+  lines = results.paired_runs_table([made["a"], made["b"], made["c"]])
+  b_line = next(l for l in lines if "system_id/both" in l.split("|")[2])
+  assert b_line.count("0.500 [0.500, 0.500]") == 2  # teacher-forced and alone
+  c_line = next(l for l in lines if "in_context/recurrent" in l.split("|")[2])
+  assert "other held-out teachers" in c_line
+  assert results.paired_runs_table([made["a"]]) == []
+
+
+def test_rows_keep_each_teachers_window_means():
+  rng = np.random.default_rng(1)
+  err, chance = rng.gamma(1.0, size=(5, 12)), rng.gamma(2.0, size=(5, 12))
+  r = figures.row("gradient", "none", 8, 4, err, chance, per_teacher=True)
+  np.testing.assert_allclose(r["per_teacher"]["err"], err[:, 4:8].mean(1))
+  np.testing.assert_allclose(r["per_teacher"]["chance"], chance[:, 4:8].mean(1))
+  assert "per_teacher" not in figures.row("gradient", "none", 8, 4, err, chance)

@@ -13,6 +13,8 @@ hyperparams and init key; imitators never do.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from typing import NamedTuple
 
@@ -149,6 +151,19 @@ def shifted_setting(exp, shift: str, stream_npz: str | None = None):
   return setting, data
 
 
+def teachers_id(config, shift: str, horizon: int, stream_npz: str | None = None) -> str:
+  """A digest of what fixes a shift's held-out teachers and their streams: the stream,
+  family and teacher config, the evaluation seed and number of teachers, the shift and
+  the longest horizon evaluated (which decides the streams and whether they stream).
+  Runs with equal ids were evaluated on the same teachers: their rows pair."""
+  what = {"stream": config.stream.to_dict(), "family": config.family.to_dict(),
+          "teacher": config.teacher.to_dict() if "teacher" in config else {},
+          "seed": config.eval.seed, "teachers": config.eval.teachers, "shift": shift,
+          "horizon": horizon, "stream_npz": stream_npz if shift == "npz" else None}
+  text = json.dumps(what, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def panel(shift: str, observe: int | None = None) -> str:
   """The name of a shift's NIE curves in plots: teacher-forced, or alone after the cut."""
   return shift if observe is None else f"{shift}, alone after {observe}"
@@ -243,7 +258,10 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
       continue
     horizons = [m * t for m in sorted(multiples) if m * t <= horizon] or [horizon]
     for k, ev in evs.items():
-      rows = figures.rows_of(ev, shift, t, horizons, setting.family, strength, k)
+      rows = figures.rows_of(
+          ev, shift, t, horizons, setting.family, strength, k,
+          None if strength is not None else teachers_id(exp.config, shift, horizon,
+                                                        stream_npz))
       figures.add_nie_by_rule(rows, ev, setting.family, t, label)
       results += rows
       comps += figures.comparisons(label, ev.err, ev.chance, shift, t, horizons, strength,

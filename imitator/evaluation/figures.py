@@ -34,14 +34,22 @@ PLOT_POINTS = 100  # log-spaced steps of the NIE curves in nie.png
 
 
 def row(name: str, shift: str, horizon: int, t_train: int, err, chance, strength=None,
-        excluded: int = 0, unit: int = 1, observe: int | None = None, **extra) -> dict:
+        excluded: int = 0, unit: int = 1, observe: int | None = None,
+        per_teacher: bool = False, **extra) -> dict:
   """One report row: NIE over the last t_train steps before `horizon`, CI over the
   teachers of err, chance [P, T / unit] (per step, or means over blocks of `unit`
   steps); `excluded` teachers were left out (they blew up). `observe`: the imitators saw
-  the teacher's first `observe` steps only and then ran alone (None: teacher-forced)."""
+  the teacher's first `observe` steps only and then ran alone (None: teacher-forced).
+  `per_teacher`: also each teacher's mean error and chance error over those steps, so
+  that runs evaluated on the same teachers can be compared paired (launch.results)."""
   steps = metrics.figure_steps(horizon // unit, t_train // unit)
   nie, ci = metrics.nie_with_ci(err, chance, steps)
   median, median_ci = metrics.median_nie_with_ci(err, chance, steps)
+  if per_teacher:
+    with np.errstate(invalid="ignore", over="ignore"):
+      extra["per_teacher"] = {
+          "err": np.asarray(err, np.float64)[:, steps].mean(1).tolist(),
+          "chance": np.asarray(chance, np.float64)[:, steps].mean(1).tolist()}
   return {"imitator": name, "shift": shift, "strength": strength, "horizon": horizon,
           "observe": observe, "nie": nie, "nie_ci": list(ci), "nie_median": median,
           "nie_median_ci": list(median_ci), "n_teachers": int(np.asarray(err).shape[0]),
@@ -170,11 +178,15 @@ def free_running_horizon(err, chance, observe: int, t_train: int, unit: int = 1)
 
 
 def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None,
-            observe: int | None = None) -> list:
+            observe: int | None = None, teachers_id: str | None = None) -> list:
   """Rows of one shift: every imitator and reference (and the oracle) at every horizon;
-  alone (`observe` set) only at horizons after the cut, with the free-running horizon."""
+  alone (`observe` set) only at horizons after the cut, with the free-running horizon.
+  With `teachers_id` (what fixed the held-out teachers and streams, `battery.teachers_id`)
+  the rows also keep their per-teacher figures, for paired comparisons across runs."""
   u = ev.unit
   common = dict(strength=strength, excluded=ev.excluded, unit=u, observe=observe)
+  if teachers_id is not None:
+    common.update(per_teacher=True, teachers_id=teachers_id)
   if observe is not None:
     horizons = [h for h in horizons if h > observe]
   rows = []
@@ -203,7 +215,8 @@ def rows_of(ev: Evaluated, shift, t_train, horizons, family, strength=None,
       rows.append(row(label, shift, h, t_train, err, ev.chance, **common, **extra))
   zeros = np.zeros_like(ev.chance)
   for h in horizons:
-    rows.append(row(ORACLE, shift, h, t_train, zeros, ev.chance, **common,
+    rows.append(row(ORACLE, shift, h, t_train, zeros, ev.chance,
+                    **dict(common, per_teacher=False),
                     horizon_to_divergence=_divergence(zeros, ev.chance, t_train, u),
                     **identification_fields(zeros, ev.chance, t_train, u),
                     task_gap=0.0, task_gap_ci=[0.0, 0.0]))

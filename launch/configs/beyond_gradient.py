@@ -5,19 +5,20 @@ linear regression with drifting weights), k nearest neighbours over a window of 
 stored examples, passive-aggressive (PA-I) and competitive prototypes; the main job's
 task-switching regression stream. The argument picks the imitator:
 
-    python -m launch.train --config=launch/configs/beyond_gradient.py --workdir=runs/beyond
+    python -m launch.train --config=launch/configs/beyond_gradient.py --workdir=runs/beyond_system_id
+    python -m launch.train --config=launch/configs/beyond_gradient.py:gradient --workdir=runs/beyond
     python -m launch.train --config=launch/configs/beyond_gradient.py:recurrent \\
         --workdir=runs/beyond_recurrent
-    python -m launch.train --config=launch/configs/beyond_gradient.py:system_id \\
-        --workdir=runs/beyond_system_id
-    python -m launch.evaluate --workdir=runs/beyond --shifts=none --noforgetting --observe=1x
+    python -m launch.evaluate --workdir=runs/beyond_system_id --shifts=none --noforgetting \\
+        --observe=1x
 
-`gradient` (default): the main job's imitator and training (free-running episodes in
-the last third). `recurrent`: the in_context recurrent imitator as
-launch/configs/in_context.py trains it. `system_id`: as launch/configs/system_id.py:main
-trains it, with one particle per network and optimizer and one per rule (eight for knn,
-one per number of neighbours). report.md gets a table per learner kind (`nie_by_kind`).
-`:smoke` shrinks any of them to seconds (tests).
+`system_id` (default; the best of the three here, per kind and overall: BUILD_NOTES,
+"Teachers beyond gradient descent"): as launch/configs/system_id.py:main trains it,
+with one particle per network and optimizer and one per rule (eight for knn, one per
+number of neighbours). `gradient`: the main job's imitator and training (free-running
+episodes in the last third). `recurrent`: the in_context recurrent imitator as
+launch/configs/in_context.py trains it. report.md gets a table per learner kind
+(`nie_by_kind`). `:smoke` shrinks any of them to seconds (tests).
 """
 
 from launch.configs import default, in_context, system_id
@@ -32,9 +33,9 @@ def get_config(arg=None):
     raise ValueError(f"pick one imitator, not {sorted(words & set(IMITATORS))}.")
   if "recurrent" in words:
     config = in_context.get_config("recurrent" + smoke)
-  elif "system_id" in words:
-    config = system_id.get_config("main" + smoke)
-  else:
+  elif "gradient" in words:
     config = default.get_config(smoke.strip(",") or None)
+  else:
+    config = system_id.get_config("main" + smoke)
   config.family.name = "beyond_gradient"
   return config
