@@ -25,7 +25,6 @@ from imitator.runtime import workdir as workdir_lib
 from imitator.training import experiment
 from launch import cli
 from launch.configs import default
-from learners import family as family_lib
 from learners import teacher_dump
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
@@ -68,7 +67,7 @@ def compare(exp, meta, steps: int) -> str:
     if est is not None:
       lines.append(f"{names.get(n, n)} inferred hyperparams at step {exp.setting.t} vs "
                    "the teacher's:")
-      for f in family_lib.CONTINUOUS:
+      for f in exp.setting.family.continuous:
         lines.append(f"  {f:14s} inferred {float(est[f][0, 0]):.4g}   true "
                      f"{float(ep.hparams[f][0]):.4g}")
   return "\n".join(lines)
@@ -95,10 +94,10 @@ def main(argv):
   print("\nmeta-parameters:\n" + describe_tree(state.meta))
   main_im = exp.imitators["imitator"]
   if hasattr(main_im, "initial_estimates"):
-    fam = exp.setting.family
+    families = {g.name: g.family for g in main_im.groups}  # a group's own fields
     print("\nsystem_id starting estimate of the hyperparams, per particle:")
     for k, (group, hp) in enumerate(main_im.initial_estimates(state.meta["imitator"])):
-      print(f"  particle {k} ({group}): " + fam.describe(hp))
+      print(f"  particle {k} ({group}): " + families[group].describe(hp))
   if _COMPARE.value:
     print("\n" + compare(exp, state.meta, _COMPARE_STEPS.value))
   if _EXPORT.value:
