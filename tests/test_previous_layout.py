@@ -10,6 +10,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from imitator import metrics
 from imitator.evaluation import evaluate
@@ -33,6 +34,7 @@ def test_previous_layout_checkpoint_restores_to_its_recorded_validation_nie():
                                recorded[4][f"val_nie/{name}"], rtol=1e-5)
 
 
+@pytest.mark.slow  # 40 s: the default suite's time budget (restoring stays in it)
 def test_previous_layout_run_resumes_where_it_stopped(tmp_path):
   run = tmp_path / "run"
   shutil.copytree(FIXTURE, run)
