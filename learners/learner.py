@@ -17,6 +17,7 @@ picks the member's rule by its code with `lax.switch`, so a mixed population is 
 one `vmap`; each rule writes only its own part of the state.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -101,11 +102,16 @@ def state_outputs(family: Family, hparams, state: LearnerState, x):
   """Raw outputs [B, out] of the member's state on x, whatever its rule."""
   if not family.beyond_gradient:
     return outputs(family, hparams, state.params, x)
-  branches = {"gradient": lambda s: outputs(family, hparams, s.params, x)}
-  for rule in family.rules:
-    if rule != "gradient":
-      branches[rule] = (lambda r: lambda s: rules.outputs(family, hparams, r, s.rules[r],
-                                                          x))(rule)
+  return _by_rule(family, hparams, state,
+                  lambda s: outputs(family, hparams, s.params, x),
+                  lambda r, s: rules.outputs(family, hparams, r, s.rules[r], x))
+
+
+def _by_rule(family: Family, hparams, state, gradient, rule_fn):
+  """`gradient(state)` or `rule_fn(rule, state)` as the member's rule says (lax.switch
+  over the family's rules)."""
+  branches = {r: functools.partial(rule_fn, r) for r in family.rules if r != "gradient"}
+  branches["gradient"] = gradient
   return dispatch.switch(hparams["rule"], rules.RULES, family.rules, branches, state)
 
 
@@ -222,12 +228,9 @@ def step(family: Family, hparams, state: LearnerState, x, y, return_draws: bool 
   """Answers x, then learns from (x, y): (state, (behaviour [B, out], loss [])), with the
   update's `Draws` as a third output if asked (the same numbers either way)."""
   if family.beyond_gradient:
-    branches = {"gradient": lambda s: _gradient_step(family, hparams, s, x, y)}
-    for rule in family.rules:
-      if rule != "gradient":
-        branches[rule] = (lambda r: lambda s: _rule_step(family, hparams, r, s, x, y))(rule)
-    state, (out, loss, drawn) = dispatch.switch(hparams["rule"], rules.RULES,
-                                                family.rules, branches, state)
+    state, (out, loss, drawn) = _by_rule(
+        family, hparams, state, lambda s: _gradient_step(family, hparams, s, x, y),
+        lambda r, s: _rule_step(family, hparams, r, s, x, y))
   else:
     state, (out, loss, drawn) = _gradient_step(family, hparams, state, x, y)
   aux = (head(family, hparams, out), loss)
