@@ -16,4 +16,7 @@ from `learners`), never from `launch` (tests/test_imports.py checks it):
 - `training`: the config schema, the experiment a config builds, the jitted outer step
   and the outer loop `train_and_evaluate`.
 - `decay`: the decay experiment (its tasks, cells, fits, sweep and report).
+- `acting`: imitators of acting teachers (choices on bandits): the recurrent imitator,
+  closed-loop evaluation beside the shadow teacher, the per-subject maximum-likelihood
+  reference, recorded choices, and their own `train_and_evaluate`.
 """

@@ -265,3 +265,48 @@ def hparam_recovery(true, estimate, log_fields) -> dict:
     else:
       out[field] = float(np.mean(np.abs(e - t)))
   return out
+
+
+# ------------------------------------------------------------------ acting teachers
+# Choices are integer arms; policies [..., K] are probabilities before the choice.
+
+BEHAVIOUR_COUNTS = ("trial", "reward", "switch", "win", "win_stay", "loss", "lose_shift")
+
+
+def choice_nll(log_policy, choice):
+  """-log pi(choice) [...] of log_policy [..., K] and integer choice [...]."""
+  return -jnp.take_along_axis(log_policy, choice[..., None], axis=-1)[..., 0]
+
+
+def policy_kl(p, log_q):
+  """KL(p || q) [...] in nats of p [..., K] and log q [..., K] (0 log 0 = 0)."""
+  return jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, _LOG_FLOOR)) - log_q), 0.0),
+                 axis=-1)
+
+
+def normalized_likelihood(mean_nll):
+  """The geometric mean probability of the observed choices: exp(-mean NLL per choice)."""
+  return np.exp(-np.asarray(mean_nll))
+
+
+def behaviour_counts(prev_choice, prev_reward, choice, reward):
+  """One trial's counts [..., 7] in BEHAVIOUR_COUNTS order; prev_choice < 0 means no
+  previous trial (no switch, win or loss counted)."""
+  has_prev = prev_choice >= 0
+  stay = choice == prev_choice
+  win = has_prev & (prev_reward > 0)
+  loss = has_prev & (prev_reward <= 0)
+  counts = (jnp.ones_like(reward), reward, has_prev & ~stay, win, win & stay, loss,
+            loss & ~stay)
+  return jnp.stack([jnp.asarray(c, jnp.float32) for c in counts], -1)
+
+
+def behaviour_rates(counts) -> dict:
+  """Per-teacher rates [P] from summed counts [P, 7]: reward per trial, switches per
+  trial after a trial, win-stay per win, lose-shift per loss (NaN without any)."""
+  c = {k: np.asarray(counts, np.float64)[:, i] for i, k in enumerate(BEHAVIOUR_COUNTS)}
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return {"reward_rate": c["reward"] / c["trial"],
+            "switch_rate": c["switch"] / (c["win"] + c["loss"]),
+            "win_stay": c["win_stay"] / c["win"],
+            "lose_shift": c["lose_shift"] / c["loss"]}

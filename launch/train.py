@@ -41,10 +41,11 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_boolean(
 def main(argv):
   del argv
   config = cli.config_value(_CONFIG)
+  if "acting" in config:
+    return _acting(config)
   config_schema.validate(config)  # before the fields it reads are trusted below
   config_schema.check_applicable(config, cli.file_config())
-  workdir = _WORKDIR.value or os.path.join(
-      "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+  workdir = _workdir()
   parallel.initialize_distributed(config.train.distributed)
   logging.info("workdir: %s", os.path.abspath(workdir))
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
@@ -70,6 +71,35 @@ def main(argv):
           f"{config.train.steps}); nothing to do. Its summary:", flush=True)
   rows = workdir_lib.training_rows(result["report"], result["t_train"])
   for line in workdir_lib.summary_lines(rows):
+    print(line, flush=True)
+  print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
+        flush=True)
+
+
+def _workdir() -> str:
+  return _WORKDIR.value or os.path.join(
+      "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def _acting(config) -> None:
+  """An acting config (`launch/configs/bandits.py`): its own loop and closed-loop report."""
+  from imitator.acting import report as acting_report  # pylint: disable=import-outside-toplevel
+  from imitator.acting import train as acting_train  # pylint: disable=import-outside-toplevel
+  workdir = _workdir()
+  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+  command = " ".join(["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]])
+  try:
+    with signals.interruptible():
+      result = acting_train.train_and_evaluate(config, workdir, command=command)
+  except BaseException as e:  # pylint: disable=broad-except
+    e = signals.as_interrupted(e)
+    steps = checkpoint.saved_steps(os.path.abspath(workdir))
+    saved = f"checkpoint at step {steps[-1]}" if steps else "nothing checkpointed yet"
+    cli.exit_interrupted(f"interrupted ({e.name}): {saved} in {os.path.abspath(workdir)}; "
+                         "run the same command again to go on", e.exit_code)
+  if result["status"] == "preempted":
+    cli.exit_interrupted(f"interrupted: {result['message']}", 143)
+  for line in acting_report.summary_lines(result):
     print(line, flush=True)
   print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
         flush=True)

@@ -16,8 +16,11 @@ Policy:
 - `actor_critic`: softmax(beta * h + perseveration * prev).
 - `thompson` (Bayesian, Beta-Bernoulli): the probability that each arm's draw from
   Beta(a, b) is the largest, P(k) = integral of pdf_k(x) prod_{j != k} cdf_j(x) dx by the
-  midpoint rule on `GRID` points of (0, 1), normalized; choosing from it is Thompson
-  sampling.
+  midpoint rule on `GRID` points x_i of [lo, hi], where lo = max(0, min_k m_k - 8 s_k),
+  hi = min(1, max_k m_k + 8 s_k) with m_k, s_k arm k's Beta mean and standard deviation
+  (so peaked posteriors stay resolved); cdf_j(x_i) = (sum_{l < i} pdf_j(x_l) +
+  pdf_j(x_i) / 2) / sum_l pdf_j(x_l), the same rule; P normalized. Choosing from it is
+  Thompson sampling.
 - `ucb`: one-hot of the first arm never chosen (n = 0), else of
   argmax q + ucb_c * sqrt(log(t) / n) (ties: the lowest arm).
 - `epsilon_greedy`: (1 - epsilon) one-hot(argmax q) + epsilon / K (ties: the lowest arm).
@@ -40,7 +43,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.special as jsp
 
 from learners import dispatch, environments
 from learners.family import Prior
@@ -65,7 +67,7 @@ PRIORS = {
     "epsilon": Prior("uniform", 0.01, 0.3),
     "ucb_c": Prior("log_uniform", 0.1, 2.0),
 }
-GRID = 256  # midpoints of the integral of Thompson's policy
+GRID = 128  # midpoints of the integral of Thompson's policy (error < 6e-4, tests)
 PRIOR_VALUE = 0.5
 
 
@@ -129,13 +131,21 @@ def init(arms: int) -> State:
 
 
 def _thompson_policy(a, b):
-  x = (jnp.arange(GRID) + 0.5) / GRID
-  log_beta = jsp.gammaln(a) + jsp.gammaln(b) - jsp.gammaln(a + b)
-  pdf = jnp.exp((a[:, None] - 1) * jnp.log(x) + (b[:, None] - 1) * jnp.log1p(-x)
-                - log_beta[:, None])  # [K, GRID]
-  cdf = jsp.betainc(a[:, None], b[:, None], x)
-  others = jnp.exp(jnp.sum(jnp.log(jnp.maximum(cdf, 1e-30)), 0) - jnp.log(
-      jnp.maximum(cdf, 1e-30)))  # prod over j != k
+  # Quadrature on the posteriors' own span with cumulative sums for the cdfs: no
+  # incomplete beta function, whose series made long rollouts ~1000 x slower.
+  m = a / (a + b)
+  s = jnp.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+  lo = jnp.maximum(0.0, jnp.min(m - 8 * s))
+  hi = jnp.minimum(1.0, jnp.max(m + 8 * s))
+  x = lo + (hi - lo) * (jnp.arange(GRID) + 0.5) / GRID
+  x = jnp.clip(x, 1e-7, 1 - 1e-7)
+  log_pdf = (a[:, None] - 1) * jnp.log(x) + (b[:, None] - 1) * jnp.log1p(-x)
+  # Unnormalized [K, GRID]: each arm's scale cancels in its cdf and its own normalization.
+  pdf = jnp.exp(log_pdf - jnp.max(log_pdf, axis=1, keepdims=True))
+  cdf = (jnp.cumsum(pdf, axis=1) - pdf / 2) / jnp.sum(pdf, axis=1, keepdims=True)
+  pdf = pdf / jnp.sum(pdf, axis=1, keepdims=True)
+  log_cdf = jnp.log(jnp.maximum(cdf, 1e-30))
+  others = jnp.exp(jnp.sum(log_cdf, 0) - log_cdf)  # prod over j != k
   p = jnp.sum(pdf * others, axis=1)
   return p / jnp.sum(p)
 

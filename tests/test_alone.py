@@ -57,7 +57,7 @@ def _imitators(task, out):
 
 SLOW = {"in_context/transformer", "in_context/linear_transformer", "gradient/update_net"}
 CASES = [pytest.param(k, task, marks=pytest.mark.slow)
-         if k in SLOW or (k == "system_id" and task == "classification") else (k, task)
+         if k in SLOW or k == "system_id" else (k, task)
          for k in _imitators("regression", 1) for task in ("regression", "classification")]
 
 
@@ -115,6 +115,7 @@ def test_alone_gradient_imitator_set_to_an_sgd_teacher_reproduces_it(tracker):
   np.testing.assert_allclose(a_hat, traj.behaviour, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_alone_context_only_is_frozen_and_system_id_stops_reweighting():
   L, cut = 8, 4
   stream = _stream("regression", L)
@@ -139,6 +140,7 @@ def test_alone_context_only_is_frozen_and_system_id_stops_reweighting():
       assert max(jax.tree.leaves(moved)) > 0  # the particles keep learning from y
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_objective_unroll_cut_per_teacher():
   """`observe` [P]: teacher p is seen for its first observe[p] steps, chunk by chunk."""
   im = _imitators("regression", 1)["gradient/kalman"]
@@ -158,6 +160,7 @@ def test_objective_unroll_cut_per_teacher():
     np.testing.assert_allclose(chunked[p], want, atol=1e-6)
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_free_running_loss_scores_every_step_with_the_cut_per_teacher():
   """The imitation loss of episodes cut at [P] steps (truncated in windows) is the mean
   over teachers and steps of the errors of each teacher's own unroll, seen or not."""

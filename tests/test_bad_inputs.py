@@ -244,6 +244,11 @@ def test_every_shipped_config_still_validates():
       for arg in (None, "smoke", "large", "imitator"):
         assert decay_sweep.grid(module.get_config(arg))[1]
       continue
+    if name == "bandits":  # acting teachers: imitator.acting's own loop and checks
+      from imitator.acting import train as acting_train
+      for arg in (None, "smoke", "reversal"):
+        acting_train.check(module.get_config(arg))
+      continue
     for arg in (None, "smoke") + (("large",) if name in ("mixed", "continual_digits") else ()):
       config = module.get_config(arg)
       config_schema.validate(config)

@@ -157,6 +157,7 @@ def _small(family):
   return config
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_co_rollout_equals_the_materialized_rollout_gradient():
   _check_co_rollout(_small("sgd_linear"), every=False)
 

@@ -68,6 +68,7 @@ ALLOWED = {
     "imitator.training": ("learners", "imitator.metrics", "imitator.kinds",
                           "imitator.rollout", "imitator.runtime", "imitator.evaluation"),
     "imitator.decay": ("learners", "imitator"),
+    "imitator.acting": ("learners", "imitator.metrics", "imitator.runtime"),
     "launch": ("learners", "imitator", "launch"),
 }
 

@@ -1,0 +1,1 @@
+"""Imitating acting teachers: choices, closed-loop evaluation, references."""

@@ -1,0 +1,144 @@
+"""An acting teacher and agents side by side on one bandit: teacher-forced and alone.
+
+Per teacher and trial t (tables: `learners.environments`, common random numbers):
+- the teacher acts in its own copy: pi_t, choice c_t = choose(pi_t, v_t), reward r_t,
+  then learns;
+- each agent's *forced* track reads the teacher's history: its policy before c_t is
+  scored by NLL(c_t) and KL(pi_t || agent), then it observes (c_t, r_t);
+- each agent's *alone* track, on unseen trials, acts in its own copy of the environment
+  (the same tables) and learns from its own rewards; beside it runs the *shadow
+  teacher*: the hidden teacher fed the agent's choices and rewards, i.e. the policy the
+  teacher would have on the agent's own history. Fidelity alone is KL(shadow || agent).
+  On seen trials the alone track is the forced one and the shadow is the teacher.
+`seen` is per teacher: trials t < cut[p]. The rollout is one `lax.scan` over windows of
+trials with an inner scan, keeping per-window sums per teacher (constant memory in the
+horizon); `trial_losses` gives the per-trial values for the meta-objective instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from imitator import metrics
+from learners import acting, environments
+
+
+class Track(NamedTuple):
+  """One agent's states: forced, alone, the shadow teacher, and the alone track's last
+  choice and reward (for behaviour counts; -1 before the first)."""
+
+  forced: object
+  alone: object
+  shadow: acting.State
+  prev_choice: jax.Array
+  prev_reward: jax.Array
+
+
+class Carry(NamedTuple):
+  teacher: acting.State
+  prev_choice: jax.Array
+  prev_reward: jax.Array
+  tracks: tuple
+  t: jax.Array
+
+
+def _where(cond, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def init(family: acting.ActingFamily, agents, params) -> Carry:
+  """One teacher's carry; agents [(agent, params of this teacher)]."""
+  teacher = acting.init(family.arms)
+  tracks = tuple(Track(a.init(p), a.init(p), teacher, jnp.asarray(-1, jnp.int32),
+                       jnp.asarray(0.0)) for a, p in zip(agents, params))
+  return Carry(teacher, jnp.asarray(-1, jnp.int32), jnp.asarray(0.0), tracks,
+               jnp.zeros((), jnp.int32))
+
+
+def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cut):
+  """One trial of one teacher: (carry, outputs) with outputs a dict of per-agent lists
+  `nll`, `kl_forced`, `kl_alone`, `counts_alone` [7] and teacher `nll_true`,
+  `counts` [7], `seen`. kl_alone is 0 on seen trials, where counts_alone are the
+  teacher's."""
+  seen = carry.t < cut
+  pi = acting.policy(family, hp, carry.teacher)
+  c = environments.choose(pi, row.v)
+  r = environments.reward(row, c)
+  teacher = acting.learn(family, hp, carry.teacher, pi, c, r)
+  out = {"nll_true": metrics.choice_nll(jnp.log(jnp.maximum(pi, 1e-12)), c),
+         "counts": metrics.behaviour_counts(carry.prev_choice, carry.prev_reward, c, r),
+         "seen": seen, "nll": [], "kl_forced": [], "kl_alone": [], "counts_alone": []}
+  tracks = []
+  for agent, p, tr in zip(agents, params, carry.tracks):
+    lp = agent.log_policy(p, tr.forced)
+    out["nll"].append(metrics.choice_nll(lp, c))
+    out["kl_forced"].append(metrics.policy_kl(pi, lp))
+    forced = agent.observe(p, tr.forced, c, r, jnp.exp(lp))
+
+    lp_a = agent.log_policy(p, tr.alone)
+    pi_a = jnp.exp(lp_a)
+    c_a = environments.choose(pi_a, row.v)
+    r_a = environments.reward(row, c_a)
+    pi_s = acting.policy(family, hp, tr.shadow)
+    out["kl_alone"].append(jnp.where(seen, 0.0, metrics.policy_kl(pi_s, lp_a)))
+    c_a, r_a = jnp.where(seen, c, c_a), jnp.where(seen, r, r_a)  # seen: the teacher's
+    out["counts_alone"].append(
+        metrics.behaviour_counts(tr.prev_choice, tr.prev_reward, c_a, r_a))
+    alone = agent.observe(p, tr.alone, c_a, r_a, pi_a)
+    shadow = acting.learn(family, hp, tr.shadow, pi_s, c_a, r_a)
+    # Seen: the alone track is the forced one and the shadow is the teacher.
+    tracks.append(Track(forced=forced, alone=_where(seen, forced, alone),
+                        shadow=_where(seen, teacher, shadow),
+                        prev_choice=c_a, prev_reward=r_a))
+  return Carry(teacher, c, r, tuple(tracks), carry.t + 1), out
+
+
+def trial_losses(family, hp, agent, meta, tables: environments.Tables, cut):
+  """The meta-objective's per-trial terms of one shared-params agent on P teachers:
+  hp {field: [P]}, tables [P, T, ...], cut [P] -> (nll [P, T] on the teacher's history,
+  kl_alone [P, T], seen [P, T])."""
+  def one(h, tb, c):
+    def body(carry, row):
+      carry, out = trial(family, h, (agent,), (meta,), carry, row, c)
+      return carry, (out["nll"][0], out["kl_alone"][0], out["seen"])
+    _, ys = jax.lax.scan(body, init(family, (agent,), (meta,)), tb)
+    return ys
+  return jax.vmap(one)(hp, tables, cut)
+
+
+WINDOW_KEYS = ("nll_true", "counts", "nll", "kl_forced", "kl_alone", "counts_alone")
+
+
+def windowed(family, hp, agents, params, tables: environments.Tables, cut: int,
+             window: int) -> dict:
+  """Per-window means over each teacher's trials: hp {field: [P]}, tables [P, T, ...] with T a
+  multiple of window, params per agent (a leading P axis if `agent.per_teacher`).
+  Returns {"nll_true": [W, P], "counts": [W, P, 7] (sums), and per agent lists of
+  "nll", "kl_forced", "kl_alone" [W, P], "counts_alone" [W, P, 7] (sums)}."""
+  p_axis = tuple(0 if a.per_teacher else None for a in agents)
+  n = tables.v.shape[1]
+  w = n // window
+  # [W, window, P, ...]: the outer scan walks windows, the inner one their trials.
+  rows = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(
+      (w, window) + a.shape[:1] + a.shape[2:]), tables)
+
+  def per_teacher_trial(carry, row, h, prm):
+    return trial(family, h, agents, prm, carry, row, cut)
+
+  step = jax.vmap(per_teacher_trial, in_axes=(0, 0, 0, p_axis))
+
+  def reduce(k, v):
+    return v.sum(0) if k.startswith("counts") else v.mean(0)
+
+  def window_sums(carry, window_rows):
+    carry, outs = jax.lax.scan(lambda c, row: step(c, row, hp, params), carry, window_rows)
+    return carry, {k: [reduce(k, v) for v in outs[k]] if isinstance(outs[k], list)
+                   else reduce(k, outs[k]) for k in WINDOW_KEYS}
+
+  carry0 = jax.vmap(lambda h, prm: init(family, agents, prm), in_axes=(0, p_axis))(
+      hp, params)
+  _, sums = jax.lax.scan(window_sums, carry0, rows)
+  return sums

@@ -1,0 +1,344 @@
+"""Meta-trains the recurrent imitator on acting teachers, then evaluates it in closed loop:
+`train_and_evaluate(config, workdir)` for configs with an `acting` block
+(`launch/configs/bandits.py`).
+
+Each outer step draws `train.teachers` fresh members of the acting family, each with its
+own bandit (tables from its key); a fraction `train.alone_fraction` of them is shown for
+a uniformly drawn number of trials in [0, T_train) and then left to the imitator
+(closed loop) up to `train.alone_horizon` trials, the rest are shown throughout
+T_train trials. The loss is the mean over trials of the
+NLL of the teacher's sampled choice on seen trials (what an observer sees) and of
+KL(shadow teacher || imitator) on unseen ones: the expected NLL of the choice the hidden
+teacher would have made on the imitator's own history, minus its entropy, known because
+meta-training teachers are synthetic. Checkpoints (orbax) every `checkpoint_every`
+steps; a restart on the workdir resumes; SIGTERM/SIGINT stop after a checkpoint.
+
+Evaluation on `eval.teachers` held-out members (their own key branch), cut at
+T_obs = T_train, windows of T_train trials ending at each horizon multiple:
+teacher-forced NLL per choice and normalized likelihood beside the true model (the
+Bayes limit) and the per-teacher maximum-likelihood fit of the value learner on the
+observed trials (`mle`), KL(teacher || agent); alone: KL(shadow || agent) and the
+behaviour (reward rate, switch rate, win-stay, lose-shift) beside the teacher's own.
+Agents: the trained imitator, the same imitator untrained, and the fitted value model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from imitator import metrics
+from imitator.acting import agents as agents_lib
+from imitator.acting import closed_loop, mle
+from imitator.runtime import checkpoint, signals
+from imitator.runtime import workdir as workdir_lib
+from learners import acting, environments
+
+AGENTS = ("imitator", "untrained", "mle")
+
+
+def check(config) -> None:
+  """ValueError naming the bad field of an acting config."""
+  a, t, e = config.acting, config.train, config.eval
+  for name, value, low in (("acting.t_train", a.t_train, 2), ("train.steps", t.steps, 0),
+                           ("train.teachers", t.teachers, 1), ("eval.teachers", e.teachers, 2),
+                           ("train.log_every", t.log_every, 1),
+                           ("train.checkpoint_every", t.checkpoint_every, 1)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f"config.{name}={value!r}: must be an integer >= {low}.")
+  if (isinstance(t.alone_horizon, bool) or not isinstance(t.alone_horizon, int)
+      or t.alone_horizon < a.t_train):
+    raise ValueError(f"config.train.alone_horizon={t.alone_horizon!r}: trials of an alone "
+                     f"episode, an integer >= acting.t_train={a.t_train}.")
+  if not 0.0 <= t.alone_fraction <= 1.0:
+    raise ValueError(f"config.train.alone_fraction={t.alone_fraction!r}: must be in [0, 1].")
+  if not t.learning_rate > 0:
+    raise ValueError(f"config.train.learning_rate={t.learning_rate!r}: must be > 0.")
+  horizons = list(e.horizons)
+  if not horizons or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                         for h in horizons):
+    raise ValueError(f"config.eval.horizons={horizons!r}: multiples of T_train, integers "
+                     ">= 1.")
+  family(config), bandit(config, 1)  # their own checks name the bad value
+
+
+def family(config) -> acting.ActingFamily:
+  return acting.ActingFamily(arms=config.acting.arms, rules=tuple(config.acting.rules))
+
+
+def bandit(config, multiple: int, trials: int | None = None) -> environments.Bandit:
+  """The configured bandit over `multiple` x T_train trials (or `trials`)."""
+  b = config.acting.bandit
+  return environments.Bandit(kind=b.kind, arms=config.acting.arms,
+                             horizon=trials or multiple * config.acting.t_train,
+                             drift=b.drift,
+                             reversal_every=b.reversal_every, high=b.high, low=b.low)
+
+
+def imitator(config) -> agents_lib.RecurrentImitator:
+  return agents_lib.RecurrentImitator(arms=config.acting.arms,
+                                      hidden=config.imitator.hidden)
+
+
+def keys(config):
+  root = jax.random.key(config.seed)
+  return {k: jax.random.fold_in(root, i) for i, k in enumerate(("meta", "train", "eval"))}
+
+
+def optimizer(config):
+  return optax.chain(optax.clip_by_global_norm(config.train.clip),
+                     optax.adam(config.train.learning_rate))
+
+
+def _episode(config, key, alone: bool):
+  """Teachers, tables and cuts [P] of one outer step's forced or alone episodes: forced
+  ones run T_train trials, all seen; alone ones run `train.alone_horizon` trials, seen
+  for a uniform number in [0, T_train)."""
+  fam, t = family(config), config.acting.t_train
+  p = _split_teachers(config)[int(alone)]
+  k_hp, k_env, k_cut = jax.random.split(jax.random.fold_in(key, int(alone)), 3)
+  hp = fam.sample(k_hp, p)
+  length = config.train.alone_horizon if alone else t
+  tables = jax.vmap(bandit(config, 1, length).tables)(jax.random.split(k_env, p))
+  cut = jax.random.randint(k_cut, (p,), 0, t) if alone else jnp.full((p,), t)
+  return hp, tables, cut
+
+
+def _split_teachers(config) -> tuple[int, int]:
+  """(forced, alone) teachers of an outer step."""
+  alone = int(round(config.train.teachers * config.train.alone_fraction))
+  return config.train.teachers - alone, alone
+
+
+def loss_fn(config, meta, hp, tables, cut):
+  """Sum over trials of the meta-objective's terms (module docstring), and their sums
+  {nll_seen, kl_alone, seen, alone} (trial counts too)."""
+  nll, kl, seen = closed_loop.trial_losses(family(config), hp, imitator(config), meta,
+                                           tables, cut)
+  total = jnp.sum(jnp.where(seen, nll, kl))
+  return total, {"nll_seen": jnp.sum(jnp.where(seen, nll, 0)),
+                 "kl_alone": jnp.sum(jnp.where(seen, 0, kl)),
+                 "seen": jnp.sum(seen), "alone": jnp.sum(~seen)}
+
+
+def make_step(config):
+  opt = optimizer(config)
+  train_key = keys(config)["train"]
+
+  @jax.jit
+  def step(meta, opt_state, i):
+    key = jax.random.fold_in(train_key, i)
+    episodes = [_episode(config, key, alone) for alone, n in
+                zip((False, True), _split_teachers(config)) if n]
+
+    def objective(m):
+      sums = [loss_fn(config, m, *e) for e in episodes]
+      total = sum(s[0] for s in sums)
+      parts = jax.tree.map(lambda *x: sum(x), *[s[1] for s in sums])
+      return total / (parts["seen"] + parts["alone"]), parts
+
+    (loss, parts), grads = jax.value_and_grad(objective, has_aux=True)(meta)
+    updates, opt_state = opt.update(grads, opt_state, meta)
+    return optax.apply_updates(meta, updates), opt_state, {
+        "loss": loss, "nll_seen": parts["nll_seen"] / jnp.maximum(parts["seen"], 1),
+        "kl_alone": parts["kl_alone"] / jnp.maximum(parts["alone"], 1)}
+  return step
+
+
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
+                       command: str | None = None) -> dict:
+  """Meta-trains to `config.train.steps` (resuming from the workdir's newest
+  checkpoint), then evaluates and writes eval/report.json; returns the report. With
+  `stop_at_step` (or a signal) it stops after checkpointing, status 'preempted'."""
+  check(config)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.lock(workdir):
+    config_path = os.path.join(workdir, "config.json")
+    saved = workdir_lib.read_json(config_path, "remove it or use a fresh --workdir") if (
+        os.path.exists(config_path)) else None
+    if saved is not None and _without_resumable(saved) != _without_resumable(
+        json.loads(config.to_json())):
+      raise ValueError(f"workdir {workdir} holds a run of another config (config.json); "
+                       "use a fresh --workdir.")
+    workdir_lib.write_atomically(config_path, config.to_json(indent=2))
+    if command and not os.path.exists(os.path.join(workdir, "command.txt")):
+      workdir_lib.write_atomically(os.path.join(workdir, "command.txt"), command + "\n")
+    meta = imitator(config).init_meta(keys(config)["meta"])
+    opt_state = optimizer(config).init(meta)
+    ckpt = checkpoint.Checkpoints(workdir)
+    try:
+      state, info = ckpt.restore({"meta": meta, "opt_state": opt_state})
+      start = 0
+      if state is not None:
+        meta, opt_state, start = state["meta"], state["opt_state"], int(info["step"])
+        logging.info("resumed %s at step %d", workdir, start)
+      status = _train(config, workdir, ckpt, meta, opt_state, start, stop_at_step)
+      if status["status"] == "preempted":
+        return status
+      meta = status.pop("meta")
+    finally:
+      ckpt.close()
+    report = evaluate(config, meta)
+    report.update(status=status["status"], steps=int(config.train.steps))
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    workdir_lib.write_atomically(os.path.join(workdir, "eval", "report.json"),
+                                 json.dumps(report, indent=1))
+    return report
+
+
+def _without_resumable(cfg: dict) -> dict:
+  cfg = json.loads(json.dumps(cfg))
+  for k in ("steps", "log_every", "checkpoint_every"):
+    cfg.get("train", {}).pop(k, None)
+  return cfg
+
+
+def _train(config, workdir, ckpt, meta, opt_state, start, stop_at_step) -> dict:
+  tcfg = config.train
+  step_fn = make_step(config)
+  path = os.path.join(workdir, "metrics.jsonl")
+  records = [r for r in (workdir_lib.read_metrics(path) if os.path.exists(path) else [])
+             if r.get("step", 0) <= start]
+  workdir_lib.write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
+  sums, n, t0 = None, 0, time.time()
+  with signals.polled(), open(path, "a", encoding="utf-8") as log:
+    for i in range(start, tcfg.steps):
+      meta, opt_state, parts = step_fn(meta, opt_state, i)
+      sums = parts if sums is None else jax.tree.map(jnp.add, sums, parts)
+      n, step = n + 1, i + 1
+      stopping = signals.received() is not None or step == stop_at_step
+      if step % tcfg.log_every == 0 or step == tcfg.steps:
+        record = {"step": step, **{k: float(v) / n for k, v in sums.items()},
+                  "seconds": round(time.time() - t0, 2)}
+        if not all(np.isfinite(v) for v in record.values()):
+          raise FloatingPointError(f"non-finite meta-loss at step {step}: {record}; "
+                                   "lower config.train.learning_rate.")
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        logging.info("step %d: %s", step, record)
+        sums, n = None, 0
+      if step % tcfg.checkpoint_every == 0 or step == tcfg.steps or stopping:
+        ckpt.save(step, {"meta": meta, "opt_state": opt_state},
+                  {"step": step, "config": json.loads(config.to_json())})
+      if stopping and step < tcfg.steps:
+        ckpt.wait()
+        return {"status": "preempted", "step": step,
+                "message": f"stopped at step {step}: run the same command to resume."}
+  ckpt.wait()
+  return {"status": "finished", "meta": meta}
+
+
+def load(workdir: str):
+  """(config, trained meta-params, untrained meta-params) of a finished or checkpointed
+  acting run; ValueError when the workdir is not one."""
+  path = os.path.join(workdir, "config.json")
+  saved = workdir_lib.read_json(path, "use the workdir of a bandits run") if (
+      os.path.exists(path)) else None
+  if not saved or "acting" not in saved:
+    raise ValueError(f"--workdir={workdir}: not a run of launch/configs/bandits.py (no "
+                     "acting config.json); train one with python -m launch.train "
+                     "--config=launch/configs/bandits.py.")
+  config = ml_collections.ConfigDict(saved)
+  untrained = imitator(config).init_meta(keys(config)["meta"])
+  ckpt = checkpoint.Checkpoints(workdir)
+  try:
+    state, _ = ckpt.restore({"meta": untrained,
+                             "opt_state": optimizer(config).init(untrained)})
+  finally:
+    ckpt.close()
+  if state is None:
+    raise ValueError(f"--workdir={workdir}: no checkpoint; train into it first.")
+  return config, state["meta"], untrained
+
+
+# ------------------------------------------------------------------------- evaluation
+
+def _mean_ci(values, seed=0):
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if v.size == 0:
+    return None, None
+  return float(v.mean()), list(metrics.bootstrap_ci(v, seed=seed))
+
+
+def _paired(a, b, seed=0):
+  """mean(a - b) over teachers with its paired bootstrap CI."""
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  return _mean_ci(d, seed)
+
+
+def evaluate(config, meta, n_teachers: int | None = None) -> dict:
+  """The closed-loop battery on held-out teachers (module docstring): report dict."""
+  fam, t = family(config), config.acting.t_train
+  p = n_teachers or config.eval.teachers
+  multiples = sorted(set(int(h) for h in config.eval.horizons))
+  k_hp, k_env, k_mle = jax.random.split(keys(config)["eval"], 3)
+  hp = fam.sample(k_hp, p)
+  tables = jax.vmap(bandit(config, multiples[-1]).tables)(jax.random.split(k_env, p))
+  im = imitator(config)
+  start = time.time()
+  # The observed part: the teacher's own first T_obs trials, to which mle is fitted.
+  seen = acting.population_rollout(fam, hp, jax.tree.map(lambda a: a[:, :t], tables))
+  fitted = mle.fit(k_mle, seen.choice, seen.reward, jnp.ones_like(seen.choice, bool),
+                   fam.arms, steps=config.eval.mle_steps, restarts=config.eval.mle_restarts)
+  untrained = im.init_meta(keys(config)["meta"])
+  agents = (im, im, agents_lib.ValueModel(arms=fam.arms))
+  run = jax.jit(lambda hp, tables, m, u, f: closed_loop.windowed(
+      fam, hp, agents, (m, u, f), tables, t, t))
+  sums = jax.tree.map(np.asarray, run(hp, tables, meta, untrained, fitted))
+  rule_names = [acting.RULES[int(c)] for c in np.asarray(hp["rule"])]
+  report = {"t_train": t, "cut": t, "n_teachers": p, "agents": list(AGENTS),
+            "rules": rule_names, "family": fam.name, "bandit": config.acting.bandit.to_dict(),
+            "arms": fam.arms, "seconds": None, "rows": []}
+  for m in multiples:
+    report["rows"].extend(_rows(sums, m, rule_names))
+  report["seconds"] = round(time.time() - start, 1)
+  return report
+
+
+def _rows(sums, m: int, rule_names) -> list[dict]:
+  w = m - 1
+  rows = []
+  true_nll = sums["nll_true"][w]
+  teacher_rates = metrics.behaviour_rates(sums["counts"][w])
+  for i, name in enumerate(AGENTS):
+    nll = sums["nll"][i][w]
+    forced = {"track": "teacher_forced", "agent": name, "horizon": m,
+              "in_sample": name == "mle" and m == 1}
+    mean, ci = _mean_ci(nll)
+    forced.update(nll=mean, nll_ci=ci, true_nll=float(true_nll.mean()),
+                  normalized_likelihood=float(metrics.normalized_likelihood(mean)),
+                  true_normalized_likelihood=float(
+                      metrics.normalized_likelihood(true_nll.mean())))
+    forced["nll_minus_true"], forced["nll_minus_true_ci"] = _paired(nll, true_nll)
+    if name != "mle":
+      forced["nll_minus_mle"], forced["nll_minus_mle_ci"] = _paired(nll, sums["nll"][2][w])
+    forced["kl"], forced["kl_ci"] = _mean_ci(sums["kl_forced"][i][w])
+    rows.append(forced)
+    if m == 1:
+      continue  # the whole first window is seen: nothing alone yet
+    kl = sums["kl_alone"][i][w]
+    alone = {"track": "alone", "agent": name, "horizon": m}
+    alone["kl"], alone["kl_ci"] = _mean_ci(kl)
+    alone["median_kl"] = float(np.median(kl))
+    if name != "untrained":
+      alone["kl_minus_untrained"], alone["kl_minus_untrained_ci"] = _paired(
+          kl, sums["kl_alone"][1][w])
+    alone["kl_by_rule"] = {r: float(kl[[n == r for n in rule_names]].mean())
+                           for r in sorted(set(rule_names))}
+    rates = metrics.behaviour_rates(sums["counts_alone"][i][w])
+    for k, v in rates.items():
+      alone[k], alone[k + "_ci"] = _mean_ci(v)
+      alone["teacher_" + k], alone["teacher_" + k + "_ci"] = _mean_ci(teacher_rates[k])
+      alone[k + "_minus_teacher"], alone[k + "_minus_teacher_ci"] = _paired(
+          v, teacher_rates[k])
+    rows.append(alone)
+  return rows

@@ -1,0 +1,43 @@
+"""Acting teachers on drifting two-armed bandits: the recurrent imitator meta-trained on
+the acting family (Q-learning, actor-critic, Thompson sampling, UCB, epsilon-greedy),
+then evaluated teacher-forced and alone in closed loop up to 1024 x T_train:
+
+    python -m launch.train --config=launch/configs/bandits.py --workdir=runs/bandits
+    python -m launch.train --config=launch/configs/bandits.py:reversal --workdir=runs/rev
+    python -m launch.train --config=launch/configs/bandits.py:smoke --workdir=/tmp/b
+
+`reversal`: probabilistic reversal learning (0.8 / 0.2, the better arm moves every 50
+trials). `smoke`: a few steps and short horizons (tests).
+Recorded choices of real agents: `python -m launch.choices --workdir=runs/bandits
+--choices=FILE [--one_based]`.
+"""
+
+import ml_collections
+
+from learners import acting
+from launch.configs import default
+
+
+def get_config(arg=None):
+  words = default.parse_arg(arg, ("reversal", "smoke"))
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.acting = ml_collections.ConfigDict(dict(
+      arms=2, rules=list(acting.RULES), t_train=100,
+      bandit=ml_collections.ConfigDict(dict(kind="drifting", drift=0.05,
+                                            reversal_every=50, high=0.8, low=0.2))))
+  if "reversal" in words:
+    config.acting.bandit.kind = "reversal"
+  config.imitator = ml_collections.ConfigDict(dict(hidden=64))
+  config.train = ml_collections.ConfigDict(dict(
+      steps=1500, teachers=64, learning_rate=3e-3, clip=1.0, alone_fraction=0.5,
+      alone_horizon=400,
+      log_every=100, checkpoint_every=500))
+  config.eval = ml_collections.ConfigDict(dict(
+      teachers=128, horizons=[1, 2, 16, 1024], mle_steps=300, mle_restarts=8))
+  if "smoke" in words:
+    config.acting.t_train = 20
+    config.train.update(steps=4, teachers=8, alone_horizon=40, log_every=2,
+                        checkpoint_every=2)
+    config.eval.update(teachers=8, horizons=[1, 2, 4], mle_steps=20, mle_restarts=2)
+  return config
