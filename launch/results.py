@@ -23,7 +23,9 @@ command of its run once, above it, where it holds one run. With --readme, tables
 replace the lines between `<!-- results:begin -->` and `<!-- results:end -->`; with
 --results, all of them replace that block of the file given; --figure draws the first
 run's NIE against the horizon (teacher-forced and alone, with 95% bands). A missing file
-or figure shows as "n/a (reason)".
+or figure shows as "n/a (reason)". --acting=DIR,... (runs of launch/configs/bandits.py)
+puts each acting run's tables (`imitator.acting.report.markdown`) between
+`<!-- acting:begin -->` and `<!-- acting:end -->` of the --readme and --results files.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ from absl import flags
 from ml_collections import config_dict
 
 from imitator import metrics
+from imitator.acting import report as acting_report
 from imitator.evaluation import render, report_json
 from imitator.kinds import registry
 from imitator.rollout import references
+from imitator.runtime import workdir as workdir_lib
 from launch import cli
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+ACTING_BEGIN, ACTING_END = "<!-- acting:begin -->", "<!-- acting:end -->"
 OTHERS = references.BASELINES + (references.UNTRAINED, references.KNOWN_HPARAMS,
                                  references.TWIN)
 
@@ -54,6 +59,8 @@ _RESULTS = flags.DEFINE_string("results", None, "Markdown file whose results blo
                                "table replaces (docs/RESULTS.md).")
 _FIGURE = flags.DEFINE_string("figure", None, "PNG of the first run's NIE against the "
                               "horizon, teacher-forced and alone.")
+_ACTING = flags.DEFINE_list("acting", [], "Runs of launch/configs/bandits.py whose tables "
+                            f"replace the {ACTING_BEGIN} ... {ACTING_END} block.")
 
 
 def _read(workdir: str) -> dict:
@@ -495,21 +502,37 @@ def figure(workdirs: list, path: str) -> None:
   plt.close(fig)
 
 
-def replace_block(text: str, block: str, name: str) -> str:
-  """text with the lines between the BEGIN and END marker lines replaced by block."""
+def replace_block(text: str, block: str, name: str, begin: str = BEGIN,
+                  end: str = END) -> str:
+  """text with the lines between the begin and end marker lines replaced by block."""
   lines = text.splitlines(keepends=True)
   stripped = [l.strip() for l in lines]
-  if BEGIN not in stripped or END not in stripped[stripped.index(BEGIN):]:
-    raise ValueError(f"--readme={name}: no lines {BEGIN} and then {END} to put the "
+  if begin not in stripped or end not in stripped[stripped.index(begin):]:
+    raise ValueError(f"--readme={name}: no lines {begin} and then {end} to put the "
                      "tables between.")
-  i = stripped.index(BEGIN)
-  j = stripped.index(END, i)
+  i = stripped.index(begin)
+  j = stripped.index(end, i)
   return "".join(lines[:i + 1]) + block + "".join(lines[j:])
 
 
-def _replace_in(path: str, block: str) -> None:
+def acting_tables(workdirs: list) -> str:
+  """Each acting run's tables under a heading naming its command."""
+  out = []
+  for w in workdirs:
+    rep = workdir_lib.read_json(workdir_lib.report_path(w),
+                                "run the bandits config on this workdir again")
+    path = os.path.join(w, "command.txt")
+    cmd = open(path).read().strip() if os.path.exists(path) else f"(no command.txt in {w})"
+    if rep is None or "rows" not in rep:
+      out.append(f"`{w}`: {_na('no acting eval/report.json')}\n")
+      continue
+    out.append(acting_report.markdown(rep, cmd))
+  return "\n".join(out)
+
+
+def _replace_in(path: str, block: str, begin: str = BEGIN, end: str = END) -> None:
   with open(path) as f:
-    text = replace_block(f.read(), block, path)
+    text = replace_block(f.read(), block, path, begin, end)
   with open(path, "w") as f:
     f.write(text)
 
@@ -531,6 +554,10 @@ def main(argv):
   if _FIGURE.value:
     figure(workdirs, _FIGURE.value)
     print(f"wrote {_FIGURE.value}")
+  acting = [w.strip() for w in _ACTING.value if w.strip()]
+  for path in [p for p in (_README.value, _RESULTS.value) if p and acting]:
+    _replace_in(path, acting_tables(acting), ACTING_BEGIN, ACTING_END)
+    print(f"wrote the acting tables into {path}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,24 @@ class ActingFamily:
     hp.update({f: PRIORS[f].sample(keys[f], n) for f in PRIORS})
     return hp
 
+  # The protocol a closed-loop rollout uses (`learners.acting_networks` has the same):
+  # context x [D] is ignored by these rules.
+  def init_state(self, hp, key=None) -> State:
+    del hp, key
+    return init(self.arms)
+
+  def policy_at(self, hp, state: State, x=None):
+    del x
+    return policy(self, hp, state)
+
+  def learn_at(self, hp, state: State, pi, choice, reward, x=None) -> State:
+    del x
+    return learn(self, hp, state, pi, choice, reward)
+
+  def kinds(self, hp) -> list[str]:
+    """Each member's rule name [P]."""
+    return [RULES[int(c)] for c in hp["rule"]]
+
   def describe(self, hp) -> str:
     hp = {k: float(v) for k, v in hp.items()}
     rule = RULES[int(hp["rule"])]
@@ -205,18 +223,20 @@ def learn(family: ActingFamily, hp, state: State, pi, choice, reward) -> State:
   return state._replace(prev=one, t=state.t + 1)
 
 
-def rollout(family: ActingFamily, hp, tables: environments.Tables) -> Trajectory:
-  """One member acting in its copy of the environment (tables [T, ...]): one scan."""
+def rollout(family, hp, tables: environments.Tables) -> Trajectory:
+  """One member acting in its copy of the environment (tables [T, ...]): one scan.
+  `family`: an ActingFamily or any family with its protocol (init_state, policy_at,
+  learn_at)."""
   def trial(state, row):
-    pi = policy(family, hp, state)
+    pi = family.policy_at(hp, state, row.x)
     c = environments.choose(pi, row.v)
     r = environments.reward(row, c)
-    return learn(family, hp, state, pi, c, r), (c, r, pi)
+    return family.learn_at(hp, state, pi, c, r, row.x), (c, r, pi)
 
-  _, (c, r, pi) = jax.lax.scan(trial, init(family.arms), tables)
+  _, (c, r, pi) = jax.lax.scan(trial, family.init_state(hp), tables)
   return Trajectory(c, r, pi)
 
 
-def population_rollout(family: ActingFamily, hp, tables: environments.Tables):
+def population_rollout(family, hp, tables: environments.Tables):
   """vmap of `rollout`: hp {field: [P]}, tables with a leading axis P."""
   return jax.vmap(lambda h, tb: rollout(family, h, tb))(hp, tables)

@@ -14,7 +14,7 @@ import pytest
 from imitator import metrics
 from imitator.acting import agents, closed_loop, mle, recorded, train
 from launch.configs import bandits
-from learners import acting, environments, recorded_choices
+from learners import acting, acting_networks, environments, recorded_choices
 
 
 def _teachers(rules, p, horizon, seed=0, arms=2):
@@ -41,8 +41,7 @@ def test_an_agent_that_is_the_teacher_matches_it_forced_and_alone():
 def _loop_reference(fam, hp, tables, agent, meta, cut, window):
   """Per-window means of nll, kl_alone and the alone counts, trial by trial in Python
   (each library call jitted on its own, for speed)."""
-  policy = jax.jit(acting.policy, static_argnums=0)
-  learn = jax.jit(acting.learn, static_argnums=0)
+  policy, learn = jax.jit(fam.policy_at), jax.jit(fam.learn_at)
   log_policy, observe = jax.jit(agent.log_policy), jax.jit(agent.observe)
   p, t = tables.v.shape
   nll = np.zeros((t // window, p))
@@ -50,26 +49,26 @@ def _loop_reference(fam, hp, tables, agent, meta, cut, window):
   counts = np.zeros((t // window, p, 7))
   for i in range(p):
     h = {k: v[i] for k, v in hp.items()}
-    teacher, forced = acting.init(fam.arms), agent.init(meta)
+    teacher, forced = fam.init_state(h), agent.init(meta)
     alone, shadow, prev = None, None, (-1, 0.0)
     for s in range(t):
-      row = environments.Tables(tables.p[i, s], tables.u[i, s], tables.v[i, s])
-      pi = np.asarray(policy(fam, h, teacher), np.float64)
+      row = environments.Tables(*(a[i, s] for a in tables))
+      pi = np.asarray(policy(h, teacher, row.x), np.float64)
       c = int(environments.choose(jnp.asarray(pi, jnp.float32), row.v))
       r = float(environments.reward(row, c))
-      lp = np.asarray(log_policy(meta, forced), np.float64)
+      lp = np.asarray(log_policy(meta, forced, row.x), np.float64)
       nll[s // window, i] += -lp[c] / window
-      new_teacher = learn(fam, h, teacher, jnp.asarray(pi, jnp.float32), c, r)
-      new_forced = observe(meta, forced, c, r, jnp.exp(jnp.asarray(lp, jnp.float32)))
+      new_teacher = learn(h, teacher, jnp.asarray(pi, jnp.float32), c, r, row.x)
+      new_forced = observe(meta, forced, row.x, c, r, jnp.exp(jnp.asarray(lp, jnp.float32)))
       if s >= cut:
-        lpa = np.asarray(log_policy(meta, alone), np.float64)
+        lpa = np.asarray(log_policy(meta, alone, row.x), np.float64)
         ca = int(environments.choose(jnp.exp(jnp.asarray(lpa, jnp.float32)), row.v))
         ra = float(environments.reward(row, ca))
-        ps = np.asarray(policy(fam, h, shadow), np.float64)
+        ps = np.asarray(policy(h, shadow, row.x), np.float64)
         kl[s // window, i] += np.sum(np.where(ps > 0, ps * (np.log(np.maximum(ps, 1e-30))
                                                            - lpa), 0.0)) / window
-        alone = observe(meta, alone, ca, ra, jnp.exp(jnp.asarray(lpa, jnp.float32)))
-        shadow = learn(fam, h, shadow, jnp.asarray(ps, jnp.float32), ca, ra)
+        alone = observe(meta, alone, row.x, ca, ra, jnp.exp(jnp.asarray(lpa, jnp.float32)))
+        shadow = learn(h, shadow, jnp.asarray(ps, jnp.float32), ca, ra, row.x)
       else:
         ca, ra = c, r
       if prev[0] >= 0:
@@ -86,9 +85,22 @@ def _loop_reference(fam, hp, tables, agent, meta, cut, window):
   return nll, kl, counts
 
 
-def test_windowed_rollout_equals_a_trial_by_trial_loop():
-  fam, hp, tables = _teachers(("q_learning", "thompson", "ucb"), 3, 15, seed=2)
-  im = agents.RecurrentImitator(arms=2, hidden=8)
+def _contextual_teachers(p, horizon, preset="small_mixed", seed=3):
+  fam = acting_networks.NetworkActingFamily(arms=2, features=3, preset=preset)
+  key = jax.random.key(seed)
+  bandit = environments.Bandit(kind="contextual", arms=2, horizon=horizon, features=3,
+                               switch_every=7)
+  return fam, fam.sample(key, p), jax.vmap(bandit.tables)(
+      jax.random.split(jax.random.fold_in(key, 1), p))
+
+
+@pytest.mark.parametrize("contextual", [False, True])
+def test_windowed_rollout_equals_a_trial_by_trial_loop(contextual):
+  if contextual:
+    fam, hp, tables = _contextual_teachers(3, 15)
+  else:
+    fam, hp, tables = _teachers(("q_learning", "thompson", "ucb"), 3, 15, seed=2)
+  im = agents.RecurrentImitator(arms=2, hidden=8, features=tables.x.shape[-1])
   meta = im.init_meta(jax.random.key(4))
   sums = jax.jit(lambda hp, tb, m: closed_loop.windowed(fam, hp, (im,), (m,), tb, 5, 5))(
       hp, tables, meta)

@@ -57,7 +57,7 @@ THOMPSON_ATOL = 1e-4
 CDF_MARGIN = 1e-4
 ARGMAX_MARGIN = 1e-5
 
-KINDS = environments.KINDS
+KINDS = ("drifting", "reversal")  # contextual: tests/test_acting_networks.py
 N_TABLES = 400  # environments drawn per kind and K (for the tables' statistics)
 KEYS = jax.random.split(jax.random.key(11), N_TABLES)
 # the mixed population: its hyperparams' seed and its members' tables (every rule, and no

@@ -1,13 +1,13 @@
 """Agents that choose in a teacher's place: the recurrent imitator and the fitted model.
 
-An agent has `init(params)` -> state, `log_policy(params, state)` -> log pi [K] of the
-next choice, and `observe(params, state, choice, reward, pi)` -> state after a trial
-(pi: the agent's own policy of that trial). `per_teacher` says whether params carry a
+An agent has `init(params)` -> state, `log_policy(params, state, x)` -> log pi [K] of
+the next choice given its context x [D] (D = 0 without one), and `observe(params,
+state, x, choice, reward, pi)` -> state after a trial (pi: the agent's own policy). `per_teacher` says whether params carry a
 leading teacher axis (a fit per teacher) or are shared (meta-params).
 
 - `RecurrentImitator` (in_context, recurrent): a GRU over what an observer sees of each
-  trial, x_t = [one_hot(c_t), r_t, one_hot(c_t) r_t] [2K + 1]; h [H] starts at zero and
-  is read out by a linear layer to the logits of the next choice. It learns in-context:
+  trial, [x_t, one_hot(c_t), r_t, one_hot(c_t) r_t] [D + 2K + 1]; h [H] starts at zero;
+  a linear readout of [h, x_t] gives the logits of the choice at context x_t. It learns in-context:
   its fast state is h, its meta-params the cell and the readout.
 - `ValueModel`: the family's `q_learning` rule with per-teacher hyperparams (the
   per-subject maximum-likelihood reference of `mle`).
@@ -28,30 +28,31 @@ _LOG_FLOOR = 1e-12
 
 class _Net(nnx.Module):
 
-  def __init__(self, arms: int, hidden: int, rngs: nnx.Rngs):
-    self.cell = nnx.GRUCell(2 * arms + 1, hidden, rngs=rngs)
-    self.readout = nnx.Linear(hidden, arms, rngs=rngs)
+  def __init__(self, arms: int, hidden: int, features: int, rngs: nnx.Rngs):
+    self.cell = nnx.GRUCell(features + 2 * arms + 1, hidden, rngs=rngs)
+    self.readout = nnx.Linear(hidden + features, arms, rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)
 class RecurrentImitator:
   arms: int = 2
   hidden: int = 64
+  features: int = 0
   per_teacher = False
 
   def __post_init__(self):
-    for name in ("arms", "hidden"):
+    for name, low in (("arms", 2), ("hidden", 1), ("features", 0)):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < (
-          2 if name == "arms" else 1):
+      if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"recurrent imitator {name}={value!r}: must be an integer >= "
-                         f"{2 if name == 'arms' else 1}.")
+                         f"{low}.")
     # Abstract: only the graph is kept, no weights drawn.
     object.__setattr__(self, "_graph", nnx.graphdef(nnx.eval_shape(
-        lambda: _Net(self.arms, self.hidden, nnx.Rngs(0)))))
+        lambda: _Net(self.arms, self.hidden, self.features, nnx.Rngs(0)))))
 
   def init_meta(self, key) -> dict:
-    return nnx.to_pure_dict(nnx.split(_Net(self.arms, self.hidden, nnx.Rngs(key)))[1])
+    return nnx.to_pure_dict(nnx.split(_Net(self.arms, self.hidden, self.features,
+                                           nnx.Rngs(key)))[1])
 
   def _net(self, meta) -> _Net:
     return nnx.merge(self._graph, meta)
@@ -60,15 +61,15 @@ class RecurrentImitator:
     del meta
     return jnp.zeros((self.hidden,))
 
-  def log_policy(self, meta, h):
-    return jax.nn.log_softmax(self._net(meta).readout(h))
+  def log_policy(self, meta, h, x):
+    return jax.nn.log_softmax(self._net(meta).readout(jnp.concatenate([h, x])))
 
-  def observe(self, meta, h, choice, reward, pi):
+  def observe(self, meta, h, x, choice, reward, pi):
     del pi
     one = jax.nn.one_hot(choice, self.arms)
     reward = jnp.asarray(reward, jnp.float32)
-    x = jnp.concatenate([one, reward[None], one * reward])
-    return self._net(meta).cell(h, x)[0]
+    token = jnp.concatenate([x, one, reward[None], one * reward])
+    return self._net(meta).cell(h, token)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,24 +87,30 @@ class ValueModel:
     del hp
     return acting.init(self.arms)
 
-  def log_policy(self, hp, state):
+  def log_policy(self, hp, state, x):
+    del x  # a context-free model: the field's standard for bandit choices
     return jnp.log(jnp.maximum(acting.policy(self.family, hp, state), _LOG_FLOOR))
 
-  def observe(self, hp, state, choice, reward, pi):
+  def observe(self, hp, state, x, choice, reward, pi):
+    del x
     return acting.learn(self.family, hp, state, pi, choice, reward)
 
 
-def log_policies(agent, params, choice, reward):
+def log_policies(agent, params, choice, reward, x=None):
   """log pi_t [T, K] of one agent reading a recorded history (choice [T] int, -1 where
-  padded: no trial, no update; reward [T]): each policy is the one before its trial."""
+  padded: no trial, no update; reward [T]; contexts x [T, D], none by default): each
+  policy is the one before its trial."""
+  choice = jnp.asarray(choice, jnp.int32)
+  x = jnp.zeros(choice.shape + (0,)) if x is None else x
+
   def trial(state, row):
-    c, r = row
-    lp = agent.log_policy(params, state)
+    c, r, x_t = row
+    lp = agent.log_policy(params, state, x_t)
     valid = c >= 0
-    new = agent.observe(params, state, jnp.maximum(c, 0), jnp.where(valid, r, 0.0),
+    new = agent.observe(params, state, x_t, jnp.maximum(c, 0), jnp.where(valid, r, 0.0),
                         jnp.exp(lp))
     return jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, state), lp
 
   _, lp = jax.lax.scan(trial, agent.init(params),
-                       (jnp.asarray(choice, jnp.int32), jnp.asarray(reward, jnp.float32)))
+                       (choice, jnp.asarray(reward, jnp.float32), x))
   return lp

@@ -1,6 +1,8 @@
 """An acting teacher and agents side by side on one bandit: teacher-forced and alone.
 
-Per teacher and trial t (tables: `learners.environments`, common random numbers):
+The family is an `acting.ActingFamily` or any family with its protocol (`init_state`,
+`policy_at`, `learn_at`; `learners.acting_networks`). Per teacher and trial t (tables:
+`learners.environments`, common random numbers; x_t the context, if any):
 - the teacher acts in its own copy: pi_t, choice c_t = choose(pi_t, v_t), reward r_t,
   then learns;
 - each agent's *forced* track reads the teacher's history: its policy before c_t is
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from imitator import metrics
-from learners import acting, environments
+from learners import environments
 
 
 class Track(NamedTuple):
@@ -32,13 +34,13 @@ class Track(NamedTuple):
 
   forced: object
   alone: object
-  shadow: acting.State
+  shadow: object
   prev_choice: jax.Array
   prev_reward: jax.Array
 
 
 class Carry(NamedTuple):
-  teacher: acting.State
+  teacher: object
   prev_choice: jax.Array
   prev_reward: jax.Array
   tracks: tuple
@@ -49,9 +51,9 @@ def _where(cond, a, b):
   return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-def init(family: acting.ActingFamily, agents, params) -> Carry:
-  """One teacher's carry; agents [(agent, params of this teacher)]."""
-  teacher = acting.init(family.arms)
+def init(family, hp, agents, params) -> Carry:
+  """One teacher's carry (hp: its hyperparams); agents and their params for it."""
+  teacher = family.init_state(hp)
   tracks = tuple(Track(a.init(p), a.init(p), teacher, jnp.asarray(-1, jnp.int32),
                        jnp.asarray(0.0)) for a, p in zip(agents, params))
   return Carry(teacher, jnp.asarray(-1, jnp.int32), jnp.asarray(0.0), tracks,
@@ -64,31 +66,31 @@ def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cu
   `counts` [7], `seen`. kl_alone is 0 on seen trials, where counts_alone are the
   teacher's."""
   seen = carry.t < cut
-  pi = acting.policy(family, hp, carry.teacher)
+  pi = family.policy_at(hp, carry.teacher, row.x)
   c = environments.choose(pi, row.v)
   r = environments.reward(row, c)
-  teacher = acting.learn(family, hp, carry.teacher, pi, c, r)
+  teacher = family.learn_at(hp, carry.teacher, pi, c, r, row.x)
   out = {"nll_true": metrics.choice_nll(jnp.log(jnp.maximum(pi, 1e-12)), c),
          "counts": metrics.behaviour_counts(carry.prev_choice, carry.prev_reward, c, r),
          "seen": seen, "nll": [], "kl_forced": [], "kl_alone": [], "counts_alone": []}
   tracks = []
   for agent, p, tr in zip(agents, params, carry.tracks):
-    lp = agent.log_policy(p, tr.forced)
+    lp = agent.log_policy(p, tr.forced, row.x)
     out["nll"].append(metrics.choice_nll(lp, c))
     out["kl_forced"].append(metrics.policy_kl(pi, lp))
-    forced = agent.observe(p, tr.forced, c, r, jnp.exp(lp))
+    forced = agent.observe(p, tr.forced, row.x, c, r, jnp.exp(lp))
 
-    lp_a = agent.log_policy(p, tr.alone)
+    lp_a = agent.log_policy(p, tr.alone, row.x)
     pi_a = jnp.exp(lp_a)
     c_a = environments.choose(pi_a, row.v)
     r_a = environments.reward(row, c_a)
-    pi_s = acting.policy(family, hp, tr.shadow)
+    pi_s = family.policy_at(hp, tr.shadow, row.x)
     out["kl_alone"].append(jnp.where(seen, 0.0, metrics.policy_kl(pi_s, lp_a)))
     c_a, r_a = jnp.where(seen, c, c_a), jnp.where(seen, r, r_a)  # seen: the teacher's
     out["counts_alone"].append(
         metrics.behaviour_counts(tr.prev_choice, tr.prev_reward, c_a, r_a))
-    alone = agent.observe(p, tr.alone, c_a, r_a, pi_a)
-    shadow = acting.learn(family, hp, tr.shadow, pi_s, c_a, r_a)
+    alone = agent.observe(p, tr.alone, row.x, c_a, r_a, pi_a)
+    shadow = family.learn_at(hp, tr.shadow, pi_s, c_a, r_a, row.x)
     # Seen: the alone track is the forced one and the shadow is the teacher.
     tracks.append(Track(forced=forced, alone=_where(seen, forced, alone),
                         shadow=_where(seen, teacher, shadow),
@@ -104,7 +106,7 @@ def trial_losses(family, hp, agent, meta, tables: environments.Tables, cut):
     def body(carry, row):
       carry, out = trial(family, h, (agent,), (meta,), carry, row, c)
       return carry, (out["nll"][0], out["kl_alone"][0], out["seen"])
-    _, ys = jax.lax.scan(body, init(family, (agent,), (meta,)), tb)
+    _, ys = jax.lax.scan(body, init(family, h, (agent,), (meta,)), tb)
     return ys
   return jax.vmap(one)(hp, tables, cut)
 
@@ -138,7 +140,7 @@ def windowed(family, hp, agents, params, tables: environments.Tables, cut: int,
     return carry, {k: [reduce(k, v) for v in outs[k]] if isinstance(outs[k], list)
                    else reduce(k, outs[k]) for k in WINDOW_KEYS}
 
-  carry0 = jax.vmap(lambda h, prm: init(family, agents, prm), in_axes=(0, p_axis))(
+  carry0 = jax.vmap(lambda h, prm: init(family, h, agents, prm), in_axes=(0, p_axis))(
       hp, params)
   _, sums = jax.lax.scan(window_sums, carry0, rows)
   return sums

@@ -40,7 +40,7 @@ from imitator.acting import agents as agents_lib
 from imitator.acting import closed_loop, mle
 from imitator.runtime import checkpoint, signals
 from imitator.runtime import workdir as workdir_lib
-from learners import acting, environments
+from learners import acting, acting_networks, environments
 
 AGENTS = ("imitator", "untrained", "mle")
 
@@ -70,7 +70,13 @@ def check(config) -> None:
   family(config), bandit(config, 1)  # their own checks name the bad value
 
 
-def family(config) -> acting.ActingFamily:
+def family(config):
+  """The teachers' family: the acting family's rules, or on a contextual bandit the
+  `acting.networks` preset's members as Q-learning policies."""
+  if config.acting.bandit.kind == "contextual":
+    return acting_networks.NetworkActingFamily(arms=config.acting.arms,
+                                               features=config.acting.bandit.features,
+                                               preset=config.acting.networks)
   return acting.ActingFamily(arms=config.acting.arms, rules=tuple(config.acting.rules))
 
 
@@ -80,12 +86,15 @@ def bandit(config, multiple: int, trials: int | None = None) -> environments.Ban
   return environments.Bandit(kind=b.kind, arms=config.acting.arms,
                              horizon=trials or multiple * config.acting.t_train,
                              drift=b.drift,
-                             reversal_every=b.reversal_every, high=b.high, low=b.low)
+                             reversal_every=b.reversal_every, high=b.high, low=b.low,
+                             features=b.features, tasks=b.tasks,
+                             switch_every=b.switch_every, gain=b.gain)
 
 
 def imitator(config) -> agents_lib.RecurrentImitator:
   return agents_lib.RecurrentImitator(arms=config.acting.arms,
-                                      hidden=config.imitator.hidden)
+                                      hidden=config.imitator.hidden,
+                                      features=bandit(config, 1).context_dim)
 
 
 def keys(config):
@@ -294,7 +303,7 @@ def evaluate(config, meta, n_teachers: int | None = None) -> dict:
   run = jax.jit(lambda hp, tables, m, u, f: closed_loop.windowed(
       fam, hp, agents, (m, u, f), tables, t, t))
   sums = jax.tree.map(np.asarray, run(hp, tables, meta, untrained, fitted))
-  rule_names = [acting.RULES[int(c)] for c in np.asarray(hp["rule"])]
+  rule_names = fam.kinds(hp)
   report = {"t_train": t, "cut": t, "n_teachers": p, "agents": list(AGENTS),
             "rules": rule_names, "family": fam.name, "bandit": config.acting.bandit.to_dict(),
             "arms": fam.arms, "seconds": None, "rows": []}
