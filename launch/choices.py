@@ -44,10 +44,11 @@ def _columns(items) -> dict:
 
 def main(argv):
   del argv
-  config, meta, untrained = train.load(_WORKDIR.value)
-  im = train.imitator(config)
+  # The file first: its errors come before any checkpoint is read.
   choices = recorded_choices.read(_CHOICES.value, one_based=_ONE_BASED.value,
                                   columns=_columns(_COLUMNS.value) or None)
+  config, meta, untrained = train.load(_WORKDIR.value)
+  im = train.imitator(config)
   result = recorded.evaluate(im, {"imitator": meta, "untrained": untrained}, choices,
                              _OBSERVED.value, mle_steps=config.eval.mle_steps,
                              mle_restarts=config.eval.mle_restarts)

@@ -24,8 +24,9 @@ replace the lines between `<!-- results:begin -->` and `<!-- results:end -->`; w
 --results, all of them replace that block of the file given; --figure draws the first
 run's NIE against the horizon (teacher-forced and alone, with 95% bands). A missing file
 or figure shows as "n/a (reason)". --acting=DIR,... (runs of launch/configs/bandits.py)
-puts each acting run's tables (`imitator.acting.report.markdown`) between
-`<!-- acting:begin -->` and `<!-- acting:end -->` of the --readme and --results files.
+puts acting runs' tables (`imitator.acting.report.markdown`) between
+`<!-- acting:begin -->` and `<!-- acting:end -->` of the --readme file (the first run)
+and of the --results file (every run).
 """
 
 from __future__ import annotations
@@ -555,9 +556,11 @@ def main(argv):
     figure(workdirs, _FIGURE.value)
     print(f"wrote {_FIGURE.value}")
   acting = [w.strip() for w in _ACTING.value if w.strip()]
-  for path in [p for p in (_README.value, _RESULTS.value) if p and acting]:
-    _replace_in(path, acting_tables(acting), ACTING_BEGIN, ACTING_END)
-    print(f"wrote the acting tables into {path}")
+  # README shows the first acting run; the results file every one.
+  for path, runs in ((_README.value, acting[:1]), (_RESULTS.value, acting)):
+    if path and runs:
+      _replace_in(path, acting_tables(runs), ACTING_BEGIN, ACTING_END)
+      print(f"wrote the acting tables into {path}")
 
 
 if __name__ == "__main__":

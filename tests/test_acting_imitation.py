@@ -4,7 +4,11 @@ trial-by-trial Python loop written from its docstring, an agent that *is* the te
 NumPy, the meta-objective against a second path (the agent reading the teacher's
 recorded history), resume, and the recorded-choices evaluation."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -223,3 +227,39 @@ def test_recorded_choices_scored_after_the_watched_part(tmp_path):
   assert rows["mle"]["normalized_likelihood"] == pytest.approx(true_like, abs=0.03)
   with pytest.raises(ValueError, match="observed=1.0"):
     recorded.split(back, 1.0)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_bandits_run_simulated_choices_and_launch_choices_end_to_end(tmp_path):
+  workdir, path = str(tmp_path / "run"), str(tmp_path / "choices.csv")
+  proc = _run("launch.train", "--config=launch/configs/bandits.py:smoke",
+              f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "alone KL(shadow||agent)" in proc.stdout
+  proc = _run("launch.simulate_choices", f"--out={path}", "--subjects=6", "--trials=40",
+              "--rules=q_learning,ucb", "--noone_based")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = _run("launch.choices", f"--workdir={workdir}", f"--choices={path}",
+              "--noone_based", "--observed=0.25")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(workdir, "eval", "choices-choices.json")) as f:
+    result = json.load(f)
+  assert len(result["subjects"]) == 6 and result["scored_trials"] == 6 * 30
+  assert {r["agent"] for r in result["rows"]} == {"imitator", "untrained", "mle"}
+  # A 0-based file read as 1-based is refused in one line naming the value.
+  proc = _run("launch.choices", f"--workdir={workdir}", f"--choices={path}",
+              "--one_based")
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and "one_based" in lines[0], proc.stderr
+  proc = _run("launch.choices", f"--workdir={workdir}", f"--choices={path}",
+              "--noone_based", "--columns=choice")
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and "--columns" in lines[0], proc.stderr

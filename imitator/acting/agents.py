@@ -7,7 +7,8 @@ leading teacher axis (a fit per teacher) or are shared (meta-params).
 
 - `RecurrentImitator` (in_context, recurrent): a GRU over what an observer sees of each
   trial, [x_t, one_hot(c_t), r_t, one_hot(c_t) r_t] [D + 2K + 1]; h [H] starts at zero;
-  a linear readout of [h, x_t] gives the logits of the choice at context x_t. It learns in-context:
+  a linear readout of h gives weights W [K, D + 1], and the logits of the choice at
+  context x_t are W [x_t, 1] (with no context, the readout of h). It learns in-context:
   its fast state is h, its meta-params the cell and the readout.
 - `ValueModel`: the family's `q_learning` rule with per-teacher hyperparams (the
   per-subject maximum-likelihood reference of `mle`).
@@ -30,7 +31,9 @@ class _Net(nnx.Module):
 
   def __init__(self, arms: int, hidden: int, features: int, rngs: nnx.Rngs):
     self.cell = nnx.GRUCell(features + 2 * arms + 1, hidden, rngs=rngs)
-    self.readout = nnx.Linear(hidden + features, arms, rngs=rngs)
+    # [K, D + 1] from h: the arms' logits are linear in [x, 1] with weights read from h,
+    # so the policy's dependence on the context can itself be learned in-context.
+    self.readout = nnx.Linear(hidden, arms * (features + 1), rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,8 @@ class RecurrentImitator:
     return jnp.zeros((self.hidden,))
 
   def log_policy(self, meta, h, x):
-    return jax.nn.log_softmax(self._net(meta).readout(jnp.concatenate([h, x])))
+    weights = self._net(meta).readout(h).reshape(self.arms, self.features + 1)
+    return jax.nn.log_softmax(weights @ jnp.concatenate([x, jnp.ones((1,))]))
 
   def observe(self, meta, h, x, choice, reward, pi):
     del pi

@@ -24,6 +24,7 @@ Agents: the trained imitator, the same imitator untrained, and the fitted value 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -255,6 +256,12 @@ def load(workdir: str):
     raise ValueError(f"--workdir={workdir}: not a run of launch/configs/bandits.py (no "
                      "acting config.json); train one with python -m launch.train "
                      "--config=launch/configs/bandits.py.")
+  # Fields added since the run was trained take the value the run ran with.
+  bandit_fields = {f.name: f.default for f in dataclasses.fields(environments.Bandit)}
+  for k, v in bandit_fields.items():
+    saved["acting"]["bandit"].setdefault(k, v)
+  saved["acting"].setdefault("networks", "small_mixed")
+  saved["train"].setdefault("alone_horizon", saved["acting"]["t_train"])
   config = ml_collections.ConfigDict(saved)
   untrained = imitator(config).init_meta(keys(config)["meta"])
   ckpt = checkpoint.Checkpoints(workdir)
