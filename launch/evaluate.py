@@ -39,6 +39,7 @@ from imitator.runtime import signals
 if __name__ == "__main__":
   signals.install()  # before the heavy imports: from here on no signal is lost
 
+import json  # pylint: disable=wrong-import-position
 import os  # pylint: disable=wrong-import-position
 
 from absl import flags, logging
@@ -67,6 +68,9 @@ _HORIZONS = flags.DEFINE_list(
 _OBSERVE = flags.DEFINE_multi_string(
     "observe", [], "K or Kx: also evaluate alone after the teacher's first K steps (Kx: "
     "K x T_train) (repeatable).")
+_ENSEMBLE = flags.DEFINE_list(
+    "ensemble", [], "Workdirs of the same config with other seeds: adds rows ensemble/K "
+    "(K = 2, 4, 8, ...) pooling --workdir's imitator and the first K - 1 of these.")
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "SHIFT or SHIFT:s1,s2,...: evaluate at every strength (repeatable; "
     f"default strengths per shift: {', '.join(battery.DEFAULT_SWEEPS)}).")
@@ -108,13 +112,34 @@ def main(argv):
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
     raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
                      "checkpoints/); train into it first with python -m launch.train.")
-  _locked(lambda: _evaluate(config, names, sweeps, multiples, observes, n_teachers))
+  ensembles = _check_ensemble(config, [w.strip() for w in _ENSEMBLE.value if w.strip()])
+  _locked(lambda: _evaluate(config, names, sweeps, multiples, observes, n_teachers,
+                            ensembles))
 
 
 def _locked(evaluate_fn) -> None:
   """Runs `evaluate_fn` (which returns the text to print) with the workdir locked;
   SIGTERM/SIGINT end the process with one line saying what was kept."""
   recorded_run.locked(_WORKDIR.value, "python -m launch.evaluate", evaluate_fn)
+
+
+def _check_ensemble(config, workdirs) -> list:
+  """--ensemble workdirs: runs of the workdir's config but its seed (and the cadence
+  fields a restart may change), each with a checkpoint; ValueError naming the first
+  that is not."""
+  mine = json.loads(config.to_json_best_effort())
+  for w in workdirs:
+    saved = workdir_lib.read_saved_config(w)
+    if saved is None or not any(os.path.isdir(os.path.join(w, d))
+                                for d in ("best", "checkpoints")):
+      raise ValueError(f"--ensemble: {w} is not a trained run (no config.json or no "
+                       "checkpoint).")
+    changes = [c for c in workdir_lib.config_changes(saved, mine)
+               if not c.startswith("seed:")]
+    if changes:
+      raise ValueError(f"--ensemble: {w} is a run of another config ({changes[0]}); "
+                       "allowed: runs of the same config with another --config.seed.")
+  return workdirs
 
 
 def _check_stream_npz(config, path):
@@ -179,7 +204,8 @@ def _recorded_main(config, rec, multiples):
                                              observes)[1])
 
 
-def _evaluate(config, names, sweeps, multiples, observes, n_teachers=None) -> str:
+def _evaluate(config, names, sweeps, multiples, observes, n_teachers=None,
+              ensembles=()) -> str:
   """Evaluates into the workdir; the text to print (report.md, the files written)."""
   workdir_lib.read_report(_WORKDIR.value)  # a damaged report.json: refused before computing
   if n_teachers:
@@ -190,7 +216,8 @@ def _evaluate(config, names, sweeps, multiples, observes, n_teachers=None) -> st
   exp = experiment.Experiment(config)
   evaluate.evaluate(exp, _WORKDIR.value, names, _STREAM_NPZ.value,
                     with_forgetting=_FORGETTING.value,
-                    sweeps=sweeps, multiples=multiples, observes=observes)
+                    sweeps=sweeps, multiples=multiples, observes=observes,
+                    ensembles=ensembles)
   eval_dir = os.path.abspath(os.path.join(_WORKDIR.value, "eval"))
   with open(os.path.join(eval_dir, "report.md")) as f:
     text = f.read()

@@ -185,7 +185,7 @@ def check_observes(observes, t_train: int, horizon: int) -> tuple:
 
 
 def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
-                multiples=HORIZON_MULTIPLES, observes=()) -> dict:
+                multiples=HORIZON_MULTIPLES, observes=(), extra=None) -> dict:
   """Every imitator of `meta` and every reference on every shift at every horizon of
   `multiples` x T_train, and on every strength of `sweeps` {shift: strengths}, teacher-
   forced and, for each K of `observes`, alone after the teacher's first K steps:
@@ -193,13 +193,16 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
   per unswept shift and cut, named by `panel`, for plots; cuts: {panel: K}). Up to STREAMED_ABOVE x T_train
   the teachers are rolled out first and figures kept per step; beyond it they stream
   beside the imitators (`co_rollout`), figures kept per block of T_train / 4 steps, in
-  constant memory."""
+  constant memory. `extra` {name: (imitator, meta-params)} adds imitators (ensembles)
+  to the rows."""
   t = exp.setting.t
   n = exp.config.eval.teachers
   label = registry.label(exp.config)
   names = {"imitator": label}
   results, comps, skipped, curves, cuts = [], [], [], {}, {}
   imitators, metas = with_untrained(exp, meta)
+  for name, (im, m) in (extra or {}).items():
+    imitators[name], metas[name] = im, m
   keys = objective.evaluation_keys(n)
   compiled = {}  # one jit per imitator object and mode: `untrained` shares the kind's
   stream = max(multiples) > STREAMED_ABOVE

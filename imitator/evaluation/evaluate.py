@@ -11,7 +11,7 @@ import numpy as np
 
 from imitator import metrics
 from imitator.evaluation import battery, figures, forgetting, render, report_json
-from imitator.kinds import registry
+from imitator.kinds import ensemble, registry
 from imitator.metrics import HORIZON_MULTIPLES
 from imitator.rollout import references
 from imitator.rollout.references import ORACLE
@@ -27,6 +27,19 @@ def restore_meta(exp, workdir: str, best: bool = True, step: int | None = None):
   if state is None:
     raise FileNotFoundError(f"no {'best ' if best else ''}checkpoint in {workdir}")
   return state.meta
+
+
+def ensemble_imitators(exp, meta, workdirs) -> dict:
+  """{"ensemble/K": (EnsembleImitator, stacked meta-params)} for K = 2, 4, ... <= 1 +
+  len(workdirs), of the configured imitator of `meta` and of each workdir's best
+  checkpoint, in order."""
+  members = [meta["imitator"]] + [restore_meta(exp, w)["imitator"] for w in workdirs]
+  out, k = {}, 2
+  while k <= len(members):
+    out[f"ensemble/{k}"] = ensemble.EnsembleImitator.of(exp.imitators["imitator"],
+                                                        members[:k])
+    k *= 2
+  return out
 
 
 def final_report(exp, workdir: str) -> dict:
@@ -58,13 +71,16 @@ def final_report(exp, workdir: str) -> dict:
 
 def evaluate(exp, workdir: str, shift_names, stream_npz: str | None = None,
              with_forgetting: bool = True, sweeps=None,
-             multiples=HORIZON_MULTIPLES, observes=()) -> dict:
+             multiples=HORIZON_MULTIPLES, observes=(), ensembles=()) -> dict:
   """The battery (and the strength sweeps {shift: strengths}) at `multiples` x T_train
   on the best checkpoint of `workdir`, teacher-forced and alone after each of
-  `observes` (steps): report.json rows, report.md and plots under workdir/eval."""
+  `observes` (steps): report.json rows, report.md and plots under workdir/eval.
+  `ensembles` (workdirs of the same config but its seed) adds rows `ensemble/K` for K =
+  2, 4, 8, ... up to 1 + len(ensembles): the best checkpoints of workdir and the first
+  K - 1 of them, pooled (`kinds.ensemble`)."""
   meta = restore_meta(exp, workdir)
   ran = battery.run_battery(exp, meta, shift_names, stream_npz, sweeps, multiples,
-                            observes)
+                            observes, extra=ensemble_imitators(exp, meta, ensembles))
   rows, skipped = ran["results"], ran["skipped"]
   forget = None
   if with_forgetting:
@@ -94,6 +110,9 @@ def _plots(exp, workdir, ran, report, forget):
   for shift in sorted({r["shift"] for r in report["results"] if r.get("strength") is not None}):
     render.plot_sweep(report, shift, battery.DEFAULT_SWEEPS[shift].log_x,
                       os.path.join(eval_dir, f"sweep_{shift}.png"), metrics.IDENTIFIED_NIE)
+  if any(r["imitator"].startswith("ensemble/") for r in report["results"]):
+    render.plot_ensemble(report, registry.label(exp.config),
+                         os.path.join(eval_dir, "ensemble.png"))
   if forget is not None:
     render.plot_forgetting(forget, t, os.path.join(eval_dir, "forgetting.png"))
     with open(os.path.join(eval_dir, "forgetting.json"), "w") as f:

@@ -425,3 +425,41 @@ def plot_forgetting(result: dict, t_train: int, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_ensemble(report: dict, label: str, path: str) -> None:
+  """NIE against the ensemble size K (K = 1: the imitator `label`), shift none, at each
+  horizon of the rows, teacher-forced and alone after each cut, with 95% CI bands."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  t = report["t_train"]
+
+  def size(name):
+    return 1 if name == label else int(name.split("/")[1]) if name.startswith(
+        "ensemble/") else None
+
+  rows = [r for r in report["results"] if r["shift"] == "none"
+          and r.get("strength") is None and size(r["imitator"]) is not None]
+  cuts = sorted({r.get("observe") for r in rows}, key=lambda c: -1 if c is None else c)
+  fig, axes = plt.subplots(1, len(cuts), figsize=(5 * len(cuts), 3.6), squeeze=False)
+  for ax, cut in zip(axes.flat, cuts):
+    for h in sorted({r["horizon"] for r in rows}):
+      pts = sorted((size(r["imitator"]), r["nie"], r["nie_ci"]) for r in rows
+                   if r["horizon"] == h and r.get("observe") == cut and r["nie"] is not None)
+      if len(pts) < 2:
+        continue
+      k = np.array([p[0] for p in pts])
+      line, = ax.plot(k, [p[1] for p in pts], marker="o", ms=3, lw=1,
+                      label=f"{h // t}x T_train")
+      ax.fill_between(k, [p[2][0] for p in pts], [p[2][1] for p in pts],
+                      color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ensemble size K")
+    ax.set_ylabel("NIE")
+    ax.set_title("teacher-forced" if cut is None else f"alone after {cut} steps",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
