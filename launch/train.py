@@ -99,6 +99,9 @@ def _acting(config) -> None:
                          "run the same command again to go on", e.exit_code)
   if result["status"] == "preempted":
     cli.exit_interrupted(f"interrupted: {result['message']}", 143)
+  if result["status"] == "complete":
+    print(f"the run is complete (train.steps={config.train.steps}); nothing to do. Its "
+          "summary:", flush=True)
   for line in acting_report.summary_lines(result):
     print(line, flush=True)
   print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",

@@ -179,6 +179,8 @@ def test_training_resumes_to_the_same_meta_params(tmp_path):
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(meta_whole),
                                                     jax.tree.leaves(untrained)))
   assert whole["rows"] == resumed["rows"]
+  again = train.train_and_evaluate(config, str(tmp_path / "whole"))
+  assert again["status"] == "complete" and again["rows"] == whole["rows"]
   alone = [r for r in whole["rows"] if r["track"] == "alone"]
   assert {r["agent"] for r in alone} == set(train.AGENTS)
   assert all(np.isfinite(r["kl"]) and r["kl"] >= 0 for r in alone)

@@ -167,7 +167,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
                        command: str | None = None) -> dict:
   """Meta-trains to `config.train.steps` (resuming from the workdir's newest
   checkpoint), then evaluates and writes eval/report.json; returns the report. With
-  `stop_at_step` (or a signal) it stops after checkpointing, status 'preempted'."""
+  `stop_at_step` (or a signal) it stops after checkpointing, status 'preempted'; on a
+  finished run it returns the saved report with status 'complete'."""
   check(config)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.lock(workdir):
@@ -190,6 +191,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
       if state is not None:
         meta, opt_state, start = state["meta"], state["opt_state"], int(info["step"])
         logging.info("resumed %s at step %d", workdir, start)
+      report_path = os.path.join(workdir, "eval", "report.json")
+      if start >= config.train.steps and os.path.exists(report_path):
+        # A finished run: its report as it is, nothing written.
+        report = workdir_lib.read_json(report_path, "move it aside and run again")
+        return dict(report, status="complete")
       status = _train(config, workdir, ckpt, meta, opt_state, start, stop_at_step)
       if status["status"] == "preempted":
         return status
