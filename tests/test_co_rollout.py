@@ -59,7 +59,9 @@ def _assert_same_stream(a, b):
     np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=field)
 
 
-@pytest.mark.parametrize("name", sorted(STREAM_SPECS))
+# One case of each in the default suite (its budget); .ci/run runs them all.
+@pytest.mark.parametrize("name", [n if n == "linear switch" else pytest.param(
+    n, marks=pytest.mark.slow) for n in sorted(STREAM_SPECS)])
 def test_synthetic_stream_in_runs_equals_the_whole(name):
   spec = STREAM_SPECS[name]
   key = jax.random.key(4)
@@ -78,7 +80,8 @@ def test_step_keys_are_those_of_splitting_the_key_over_the_horizon():
   np.testing.assert_array_equal(split, folded)
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", [p if p == "permuted" else pytest.param(
+    p, marks=pytest.mark.slow) for p in PROTOCOLS])
 def test_dataset_stream_in_runs_equals_the_whole(protocol):
   spec = streams.StreamSpec(kind="dataset", dataset="digits", protocol=protocol,
                             horizon=20, batch=3, task_switch_every=6, label_noise=0.2)

@@ -42,9 +42,11 @@ def _unroll(im, meta, stream, a, seen):
                                      a, seen=seen)[1])(meta)
 
 
-@pytest.mark.parametrize("task", ["regression", "classification"])
-@pytest.mark.parametrize("kind", ["gradient", "recurrent"])
-def test_copies_are_the_member_and_members_pool_by_their_mean(task, kind):
+@pytest.mark.parametrize("kind,task", [
+    ("gradient", "regression"), ("recurrent", "classification"),
+    pytest.param("gradient", "classification", marks=pytest.mark.slow),
+    pytest.param("recurrent", "regression", marks=pytest.mark.slow)])
+def test_copies_are_the_member_and_members_pool_by_their_mean(kind, task):
   member = _members(task)[kind]
   stream = _stream(task)
   out = member.out_dim

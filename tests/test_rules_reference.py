@@ -350,6 +350,7 @@ def test_reference_misses_the_dump_with_a_wrong_hyperparam(dumps, rule):
   assert np.abs(wrong - arrays["behaviour"]).max() > 1e-3, (rule, hp)
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_mixed_population_gives_each_member_its_single_rollout(dumps):
   task, x_shape, batch, seed = SETTINGS["regression_b3"]
   family = make_family(task, x_shape)
