@@ -195,6 +195,15 @@ def test_bad_acting_config_is_refused_naming_the_field():
   config.acting.rules = ["q_learning", "sarsa"]
   with pytest.raises(ValueError, match="sarsa"):
     train.check(config)
+  config = bandits.get_config("smoke")
+  config.eval.mle_restarts = 0
+  with pytest.raises(ValueError, match="eval.mle_restarts=0"):
+    train.check(config)
+  config = bandits.get_config("smoke")
+  config.acting.bandit.kind = "contextual"
+  config.acting.networks = "nope"
+  with pytest.raises(ValueError, match="preset 'nope'"):
+    train.check(config)
 
 
 def test_recorded_choices_scored_after_the_watched_part(tmp_path):

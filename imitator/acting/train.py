@@ -52,7 +52,10 @@ def check(config) -> None:
   for name, value, low in (("acting.t_train", a.t_train, 2), ("train.steps", t.steps, 0),
                            ("train.teachers", t.teachers, 1), ("eval.teachers", e.teachers, 2),
                            ("train.log_every", t.log_every, 1),
-                           ("train.checkpoint_every", t.checkpoint_every, 1)):
+                           ("train.checkpoint_every", t.checkpoint_every, 1),
+                           ("eval.mle_steps", e.mle_steps, 1),
+                           ("eval.mle_restarts", e.mle_restarts, 1),
+                           ("imitator.hidden", config.imitator.hidden, 1)):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise ValueError(f"config.{name}={value!r}: must be an integer >= {low}.")
   if (isinstance(t.alone_horizon, bool) or not isinstance(t.alone_horizon, int)
