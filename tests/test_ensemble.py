@@ -93,7 +93,10 @@ def test_launch_evaluate_ensemble_rows_and_a_foreign_run_refused(tmp_path):
   proc = run(f"--ensemble={runs[1]}", "--observe=1x")
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(runs[0], "eval", "report.json")) as f:
-    rows = json.load(f)["results"]
+    report = json.load(f)
+  rows = report["results"]
+  paired = [c for c in report["comparisons"] if c["imitator"] == "ensemble/2"]
+  assert paired and all(c["versus"] == "gradient" for c in paired)
   ens = [r for r in rows if r["imitator"] == "ensemble/2"]
   assert {(r["horizon"], r.get("observe")) for r in ens} >= {
       (2 * config.stream.horizon, None), (2 * config.stream.horizon, config.stream.horizon)}

@@ -269,6 +269,9 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
       results += rows
       comps += figures.comparisons(label, ev.err, ev.chance, shift, t, horizons, strength,
                                    ev.unit, k)
+      for name in extra or {}:  # each ensemble paired with its first member
+        comps += figures.comparisons(name, ev.err, ev.chance, shift, t, horizons, strength,
+                                     ev.unit, k, against=(label,))
       if strength is None:
         curves[panel(shift, k)] = figures.nie_curves(ev.err, ev.chance, t, unit=ev.unit)
         cuts[panel(shift, k)] = k

@@ -258,16 +258,18 @@ def add_nie_by_rule(rows: list, ev: Evaluated, family, t_train: int, trained: st
 
 
 def comparisons(label: str, errs: dict, chance, shift, t_train, horizons,
-                strength=None, unit: int = 1, observe: int | None = None) -> list:
-  """The trained imitator `label` paired with each of VERSUS present in errs {name:
-  err [P, T / unit]}, at every horizon (after the cut, alone) (metrics.paired_comparison)."""
+                strength=None, unit: int = 1, observe: int | None = None,
+                against=VERSUS) -> list:
+  """The imitator `label` paired with each of `against` (the baselines by default)
+  present in errs {name: err [P, T / unit]}, at every horizon (after the cut, alone)
+  (metrics.paired_comparison)."""
   if observe is not None:
     horizons = [h for h in horizons if h > observe]
   return [{"shift": shift, "strength": strength, "horizon": h, "observe": observe,
            "imitator": label, "versus": versus, **metrics.paired_comparison(
                errs[label], errs[versus], chance,
                metrics.figure_steps(h // unit, t_train // unit))}
-          for versus in VERSUS if versus in errs for h in horizons]
+          for versus in against if versus in errs for h in horizons]
 
 
 def nie_curves(errs: dict, chance, t_train: int, points: int = PLOT_POINTS,
