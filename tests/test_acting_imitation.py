@@ -157,6 +157,9 @@ def test_objective_on_seen_trials_is_the_nll_of_the_recorded_history():
                                      -1))
   assert float(loss) == pytest.approx(want, rel=1e-5)
   assert float(parts["nll_seen"]) / float(parts["seen"]) == pytest.approx(want, rel=1e-5)
+  # All seen: skipping the alone tracks changes nothing.
+  total_seen, _ = train.loss_fn(config, meta, hp, tables, jnp.full((4,), t), alone=False)
+  assert float(total_seen) == pytest.approx(float(total), rel=1e-6)
   # Cut at 0: every trial is scored alone, against the shadow teacher.
   total0, parts0 = train.loss_fn(config, meta, hp, tables, jnp.zeros((4,), jnp.int32))
   assert int(parts0["seen"]) == 0

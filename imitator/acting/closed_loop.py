@@ -60,11 +60,13 @@ def init(family, hp, agents, params) -> Carry:
                jnp.zeros((), jnp.int32))
 
 
-def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cut):
+def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cut,
+          with_alone: bool = True):
   """One trial of one teacher: (carry, outputs) with outputs a dict of per-agent lists
   `nll`, `kl_forced`, `kl_alone`, `counts_alone` [7] and teacher `nll_true`,
   `counts` [7], `seen`. kl_alone is 0 on seen trials, where counts_alone are the
-  teacher's."""
+  teacher's. `with_alone=False` (static) promises every trial is seen: the alone tracks are
+  not computed."""
   seen = carry.t < cut
   pi = family.policy_at(hp, carry.teacher, row.x)
   c = environments.choose(pi, row.v)
@@ -79,6 +81,11 @@ def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cu
     out["nll"].append(metrics.choice_nll(lp, c))
     out["kl_forced"].append(metrics.policy_kl(pi, lp))
     forced = agent.observe(p, tr.forced, row.x, c, r, jnp.exp(lp))
+    if not with_alone:
+      out["kl_alone"].append(jnp.zeros_like(out["nll"][-1]))
+      out["counts_alone"].append(out["counts"])
+      tracks.append(Track(forced, forced, teacher, c, r))
+      continue
 
     lp_a = agent.log_policy(p, tr.alone, row.x)
     pi_a = jnp.exp(lp_a)
@@ -98,13 +105,14 @@ def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cu
   return Carry(teacher, c, r, tuple(tracks), carry.t + 1), out
 
 
-def trial_losses(family, hp, agent, meta, tables: environments.Tables, cut):
+def trial_losses(family, hp, agent, meta, tables: environments.Tables, cut,
+                 with_alone: bool = True):
   """The meta-objective's per-trial terms of one shared-params agent on P teachers:
   hp {field: [P]}, tables [P, T, ...], cut [P] -> (nll [P, T] on the teacher's history,
-  kl_alone [P, T], seen [P, T])."""
+  kl_alone [P, T], seen [P, T]); `with_alone=False` when every cut is T (`trial`)."""
   def one(h, tb, c):
     def body(carry, row):
-      carry, out = trial(family, h, (agent,), (meta,), carry, row, c)
+      carry, out = trial(family, h, (agent,), (meta,), carry, row, c, with_alone)
       return carry, (out["nll"][0], out["kl_alone"][0], out["seen"])
     _, ys = jax.lax.scan(body, init(family, h, (agent,), (meta,)), tb)
     return ys

@@ -60,8 +60,8 @@ def markdown(report, command: str = "") -> str:
   out += ["", "Alone (closed loop, after the cut), KL(shadow teacher || agent) in nats, and "
           "behaviour beside the teacher's own:\n",
           "| horizon | imitator | untrained | per-teacher MLE | imitator - untrained | "
-          "reward rate: imitator / teacher | switch rate: imitator / teacher |",
-          "|---|---|---|---|---|---|---|"]
+          "imitator - MLE | reward rate: imitator / teacher | switch rate: imitator / "
+          "teacher |", "|---|---|---|---|---|---|---|---|"]
   for h in horizons(report):
     rows = {a: _row(report, "alone", a, h) for a in ("imitator", "untrained", "mle")}
     if rows["imitator"] is None:
@@ -69,6 +69,7 @@ def markdown(report, command: str = "") -> str:
     im = rows["imitator"]
     out.append(f"| {h} x | {_ci(im, 'kl')} | {_ci(rows['untrained'], 'kl')} | "
                f"{_ci(rows['mle'], 'kl')} | {_ci(im, 'kl_minus_untrained')} | "
+               f"{_ci(im, 'kl_minus_mle')} | "
                f"{_ci(im, 'reward_rate')} / {_ci(im, 'teacher_reward_rate')} | "
                f"{_ci(im, 'switch_rate')} / {_ci(im, 'teacher_switch_rate')} |")
   last = max(h for h in horizons(report) if _row(report, "alone", "imitator", h))

@@ -131,11 +131,12 @@ def _split_teachers(config) -> tuple[int, int]:
   return config.train.teachers - alone, alone
 
 
-def loss_fn(config, meta, hp, tables, cut):
+def loss_fn(config, meta, hp, tables, cut, alone: bool = True):
   """Sum over trials of the meta-objective's terms (module docstring), and their sums
-  {nll_seen, kl_alone, seen, alone} (trial counts too)."""
+  {nll_seen, kl_alone, seen, alone} (trial counts too); `alone=False` (static) when
+  every cut is T."""
   nll, kl, seen = closed_loop.trial_losses(family(config), hp, imitator(config), meta,
-                                           tables, cut)
+                                           tables, cut, alone)
   total = jnp.sum(jnp.where(seen, nll, kl))
   return total, {"nll_seen": jnp.sum(jnp.where(seen, nll, 0)),
                  "kl_alone": jnp.sum(jnp.where(seen, 0, kl)),
@@ -149,11 +150,11 @@ def make_step(config):
   @jax.jit
   def step(meta, opt_state, i):
     key = jax.random.fold_in(train_key, i)
-    episodes = [_episode(config, key, alone) for alone, n in
+    episodes = [(_episode(config, key, alone), alone) for alone, n in
                 zip((False, True), _split_teachers(config)) if n]
 
     def objective(m):
-      sums = [loss_fn(config, m, *e) for e in episodes]
+      sums = [loss_fn(config, m, *e, alone=alone) for e, alone in episodes]
       total = sum(s[0] for s in sums)
       parts = jax.tree.map(lambda *x: sum(x), *[s[1] for s in sums])
       return total / (parts["seen"] + parts["alone"]), parts
@@ -357,6 +358,8 @@ def _rows(sums, m: int, rule_names) -> list[dict]:
     if name != "untrained":
       alone["kl_minus_untrained"], alone["kl_minus_untrained_ci"] = _paired(
           kl, sums["kl_alone"][1][w])
+    if name != "mle":
+      alone["kl_minus_mle"], alone["kl_minus_mle_ci"] = _paired(kl, sums["kl_alone"][2][w])
     alone["kl_by_rule"] = {r: float(kl[[n == r for n in rule_names]].mean())
                            for r in sorted(set(rule_names))}
     rates = metrics.behaviour_rates(sums["counts_alone"][i][w])
