@@ -39,7 +39,6 @@ from imitator.runtime import signals
 if __name__ == "__main__":
   signals.install()  # before the heavy imports: from here on no signal is lost
 
-import json  # pylint: disable=wrong-import-position
 import os  # pylint: disable=wrong-import-position
 
 from absl import flags, logging
@@ -112,7 +111,7 @@ def main(argv):
   if not any(os.path.isdir(os.path.join(_WORKDIR.value, d)) for d in ("best", "checkpoints")):
     raise ValueError(f"--workdir={_WORKDIR.value}: no checkpoint to evaluate (no best/ or "
                      "checkpoints/); train into it first with python -m launch.train.")
-  ensembles = _check_ensemble(config, [w.strip() for w in _ENSEMBLE.value if w.strip()])
+  ensembles = evaluate.check_ensemble(config, [w.strip() for w in _ENSEMBLE.value if w.strip()])
   _locked(lambda: _evaluate(config, names, sweeps, multiples, observes, n_teachers,
                             ensembles))
 
@@ -121,25 +120,6 @@ def _locked(evaluate_fn) -> None:
   """Runs `evaluate_fn` (which returns the text to print) with the workdir locked;
   SIGTERM/SIGINT end the process with one line saying what was kept."""
   recorded_run.locked(_WORKDIR.value, "python -m launch.evaluate", evaluate_fn)
-
-
-def _check_ensemble(config, workdirs) -> list:
-  """--ensemble workdirs: runs of the workdir's config but its seed (and the cadence
-  fields a restart may change), each with a checkpoint; ValueError naming the first
-  that is not."""
-  mine = json.loads(config.to_json_best_effort())
-  for w in workdirs:
-    saved = workdir_lib.read_saved_config(w)
-    if saved is None or not any(os.path.isdir(os.path.join(w, d))
-                                for d in ("best", "checkpoints")):
-      raise ValueError(f"--ensemble: {w} is not a trained run (no config.json or no "
-                       "checkpoint).")
-    changes = [c for c in workdir_lib.config_changes(saved, mine)
-               if not c.startswith("seed:")]
-    if changes:
-      raise ValueError(f"--ensemble: {w} is a run of another config ({changes[0]}); "
-                       "allowed: runs of the same config with another --config.seed.")
-  return workdirs
 
 
 def _check_stream_npz(config, path):

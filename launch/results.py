@@ -26,7 +26,9 @@ run's NIE against the horizon (teacher-forced and alone, with 95% bands). A miss
 or figure shows as "n/a (reason)". --acting=DIR,... (runs of launch/configs/bandits.py)
 puts acting runs' tables (`imitator.acting.report.markdown`) between
 `<!-- acting:begin -->` and `<!-- acting:end -->` of the --readme file (the first run)
-and of the --results file (every run).
+and of the --results file (every run). --frontier=DIR,... puts the fidelity/capability
+frontier of each run (DIR/frontier/frontier.json, `launch.frontier`) between
+`<!-- frontier:begin -->` and `<!-- frontier:end -->` of both files.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ml_collections import config_dict
 
 from imitator import metrics
 from imitator.acting import report as acting_report
+from imitator.evaluation import frontier as frontier_lib
 from imitator.evaluation import render, report_json
 from imitator.kinds import registry
 from imitator.rollout import references
@@ -49,6 +52,7 @@ from launch import cli
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ACTING_BEGIN, ACTING_END = "<!-- acting:begin -->", "<!-- acting:end -->"
+FRONTIER_BEGIN, FRONTIER_END = "<!-- frontier:begin -->", "<!-- frontier:end -->"
 OTHERS = references.BASELINES + (references.UNTRAINED, references.KNOWN_HPARAMS,
                                  references.TWIN)
 
@@ -60,6 +64,8 @@ _RESULTS = flags.DEFINE_string("results", None, "Markdown file whose results blo
                                "table replaces (docs/RESULTS.md).")
 _FIGURE = flags.DEFINE_string("figure", None, "PNG of the first run's NIE against the "
                               "horizon, teacher-forced and alone.")
+_FRONTIER = flags.DEFINE_list("frontier", [], "Runs whose frontier/frontier.json "
+                              "(launch.frontier) goes into --readme and --results.")
 _ACTING = flags.DEFINE_list("acting", [], "Runs of launch/configs/bandits.py whose tables "
                             f"replace the {ACTING_BEGIN} ... {ACTING_END} block.")
 
@@ -531,6 +537,17 @@ def acting_tables(workdirs: list) -> str:
   return "\n".join(out)
 
 
+def frontier_tables(workdirs: list) -> str:
+  """Each run's fidelity/capability frontier (`imitator.evaluation.frontier.markdown`)."""
+  out = []
+  for w in workdirs:
+    path = os.path.join(w, "frontier", "frontier.json")
+    result = workdir_lib.read_json(path, f"run python -m launch.frontier --workdir={w}")
+    out.append(f"`{w}`: {_na(f'no {path}')}\n" if result is None else
+               frontier_lib.markdown(result))
+  return "\n".join(out)
+
+
 def _replace_in(path: str, block: str, begin: str = BEGIN, end: str = END) -> None:
   with open(path) as f:
     text = replace_block(f.read(), block, path, begin, end)
@@ -561,6 +578,11 @@ def main(argv):
     if path and runs:
       _replace_in(path, acting_tables(runs), ACTING_BEGIN, ACTING_END)
       print(f"wrote the acting tables into {path}")
+  frontier = [w.strip() for w in _FRONTIER.value if w.strip()]
+  for path in (_README.value, _RESULTS.value):
+    if path and frontier:
+      _replace_in(path, frontier_tables(frontier), FRONTIER_BEGIN, FRONTIER_END)
+      print(f"wrote the frontier into {path}")
 
 
 if __name__ == "__main__":

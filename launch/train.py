@@ -24,8 +24,7 @@ import sys
 from absl import flags, logging
 
 from imitator.runtime import checkpoint, parallel
-from imitator.runtime import workdir as workdir_lib
-from imitator.training import config_schema, train
+from imitator.training import config_schema
 from launch import cli
 
 _CONFIG = cli.define_config(
@@ -50,30 +49,7 @@ def main(argv):
   logging.info("workdir: %s", os.path.abspath(workdir))
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   command = " ".join(["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]])
-  result = None
-  try:
-    with signals.interruptible():
-      result = train.train_and_evaluate(config, workdir, command=command,
-                                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except BaseException as e:  # pylint: disable=broad-except
-    e = signals.as_interrupted(e)  # anything else goes on up
-    if result is not None and result["status"] != "diverged":
-      e.phase, e.completed = "evaluation", True  # it finished before the signal counted
-    cli.exit_interrupted(_interrupted_message(e, workdir, result), e.exit_code)
-  if result["status"] == "diverged":
-    print(f"error: {result['message']}", flush=True)
-    sys.exit(1)
-  if result["status"] == "preempted":  # a signal on another process of the run
-    cli.exit_interrupted(f"interrupted (SIGTERM on another process): "
-                         f"{result['message']}", 143)
-  if result["status"] == "complete":
-    print(f"the run is complete (step {result['step']}, train.steps="
-          f"{config.train.steps}); nothing to do. Its summary:", flush=True)
-  rows = workdir_lib.training_rows(result["report"], result["t_train"])
-  for line in workdir_lib.summary_lines(rows):
-    print(line, flush=True)
-  print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
-        flush=True)
+  cli.train_and_report(config, workdir, command, _ALLOW_CONFIG_CHANGE.value)
 
 
 def _workdir() -> str:
@@ -106,27 +82,6 @@ def _acting(config) -> None:
     print(line, flush=True)
   print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
         flush=True)
-
-
-def _interrupted_message(e, workdir, result) -> str:
-  """One line: what an interrupt leaves, how to continue."""
-  if result is not None and result["status"] == "preempted":
-    return f"interrupted ({e.name}): {result['message']}"
-  workdir = os.path.abspath(workdir)
-  steps = checkpoint.saved_steps(workdir)
-  saved = (f"checkpoint at step {steps[-1]} in {os.path.join(workdir, 'checkpoints')}"
-           if steps else "nothing checkpointed yet")
-  report = workdir_lib.report_path(workdir)
-  if e.phase == "evaluation" and e.completed:
-    return (f"interrupted ({e.name}) after the final evaluation: {saved}, report in "
-            f"{report}; the run is complete")
-  if e.phase == "evaluation":
-    return (f"interrupted ({e.name}) during the final evaluation: training is done "
-            f"({saved}), {report} not written; run the same command again (it only "
-            f"evaluates) or python -m launch.evaluate --workdir={workdir}")
-  return (f"interrupted ({e.name}) before training {'resumed' if steps else 'started'}: "
-          f"{saved}; run the same command again to "
-          f"{'resume' if steps else 'start from step 0'}")
 
 
 if __name__ == "__main__":

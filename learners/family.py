@@ -557,7 +557,7 @@ def from_config(config, task: str, x_shape: tuple, out_dim: int) -> Family:
   values = dict(config.items()) if hasattr(config, "items") else dict(config)
   name = values.pop("name")
   if name not in FAMILIES:
-    raise ValueError(f"unknown family {name!r}; allowed: {sorted(FAMILIES)}.")
+    raise ValueError(f"family.name={name!r} is not a family; allowed: {sorted(FAMILIES)}.")
   allowed = {f.name for f in dataclasses.fields(Family)} - {"name", "task", "x_shape",
                                                             "out_dim"}
   unknown = sorted(k for k in values if k not in allowed)

@@ -63,6 +63,14 @@ def test_copies_are_the_member_and_members_pool_by_their_mean(kind, task):
   assert np.max(np.abs(each[1] - each[0])) > 1e-3  # the members differ
   np.testing.assert_allclose(_unroll(pooled, stacked, stream, a, seen),
                              np.mean(each, axis=0), atol=1e-5)
+  if task == "classification":  # the majority vote: each class's share of the argmaxes
+    voting, stacked = EnsembleImitator.of(member, metas, vote=True)
+    shares = np.mean([np.eye(out)[e.argmax(-1)] for e in each], axis=0)
+    assert np.any(shares.max(-1) < 1)  # the members disagree somewhere
+    np.testing.assert_allclose(_unroll(voting, stacked, stream, a, seen), shares, atol=1e-6)
+    copies, stacked = EnsembleImitator.of(member, [metas[0]] * 3, vote=True)
+    np.testing.assert_allclose(_unroll(copies, stacked, stream, a, seen),
+                               np.eye(out)[np.asarray(one).argmax(-1)], atol=1e-6)
 
 
 def test_bad_ensemble_is_refused_naming_the_value():
@@ -71,6 +79,8 @@ def test_bad_ensemble_is_refused_naming_the_value():
     EnsembleImitator(task="regression", x_shape=(DIM,), out_dim=1, member=member, size=0)
   with pytest.raises(ValueError, match="member"):
     EnsembleImitator(task="regression", x_shape=(DIM,), out_dim=1)
+  with pytest.raises(ValueError, match="majority vote needs classification"):
+    EnsembleImitator.of(member, [member.init_meta(jax.random.key(0))], vote=True)
 
 
 @pytest.mark.slow

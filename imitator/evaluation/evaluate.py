@@ -16,6 +16,7 @@ from imitator.metrics import HORIZON_MULTIPLES
 from imitator.rollout import references
 from imitator.rollout.references import ORACLE
 from imitator.runtime import checkpoint, parallel, signals
+from imitator.runtime import workdir as workdir_lib
 from learners import shifts
 
 
@@ -32,14 +33,35 @@ def restore_meta(exp, workdir: str, best: bool = True, step: int | None = None):
 def ensemble_imitators(exp, meta, workdirs) -> dict:
   """{"ensemble/K": (EnsembleImitator, stacked meta-params)} for K = 2, 4, ... <= 1 +
   len(workdirs), of the configured imitator of `meta` and of each workdir's best
-  checkpoint, in order."""
+  checkpoint, in order; for classification also "vote/K", their majority vote."""
   members = [meta["imitator"]] + [restore_meta(exp, w)["imitator"] for w in workdirs]
   out, k = {}, 2
+  im = exp.imitators["imitator"]
   while k <= len(members):
-    out[f"ensemble/{k}"] = ensemble.EnsembleImitator.of(exp.imitators["imitator"],
-                                                        members[:k])
+    out[f"ensemble/{k}"] = ensemble.EnsembleImitator.of(im, members[:k])
+    if im.task == "classification":
+      out[f"vote/{k}"] = ensemble.EnsembleImitator.of(im, members[:k], vote=True)
     k *= 2
   return out
+
+
+def check_ensemble(config, workdirs) -> list:
+  """--ensemble workdirs: runs of the workdir's config but its seed (and the cadence
+  fields a restart may change), each with a checkpoint; ValueError naming the first
+  that is not."""
+  mine = json.loads(config.to_json_best_effort())
+  for w in workdirs:
+    saved = workdir_lib.read_saved_config(w)
+    if saved is None or not any(os.path.isdir(os.path.join(w, d))
+                                for d in ("best", "checkpoints")):
+      raise ValueError(f"--ensemble: {w} is not a trained run (no config.json or no "
+                       "checkpoint).")
+    changes = [c for c in workdir_lib.config_changes(saved, mine)
+               if not c.startswith("seed:")]
+    if changes:
+      raise ValueError(f"--ensemble: {w} is a run of another config ({changes[0]}); "
+                       "allowed: runs of the same config with another --config.seed.")
+  return workdirs
 
 
 def final_report(exp, workdir: str) -> dict:

@@ -98,25 +98,31 @@ def unroll(imitator, meta, keys, xs, ys, as_, chunk: int = 0, probes=None, obser
   return jax.vmap(one)(keys, xs, ys, as_, seen_steps(observe, 0, horizon), probes)
 
 
-def _window_loss(imitator, meta, states, xw, yw, aw, seen=None, fresh=False):
+def _window_loss(imitator, meta, states, xw, yw, aw, seen=None, fresh=False, bw=None,
+                 weight=0.0):
   """(mean D over one window of P teachers, imitator states after it); every step is
-  scored, seen or not (seen [P, window] or None: all seen)."""
+  scored, seen or not (seen [P, window] or None: all seen). With `bw` (behaviour of the
+  same shape as aw) the loss is D(a, a_hat) + weight * D(b, a_hat): fine-tuning's extra
+  term (`imitator.training.finetune`); the imitator still observes a."""
   states, a_hat = _unroll_batch(imitator, meta, states, xw, yw, aw, fresh, seen)
-  return metrics.step_error(imitator.task, aw, a_hat).mean(), states
+  loss = metrics.step_error(imitator.task, aw, a_hat)
+  if bw is not None:
+    loss = loss + weight * metrics.step_error(imitator.task, bw, a_hat)
+  return loss.mean(), states
 
 
-def _first_window(imitator, meta, keys, xw, yw, aw, seen=None):
+def _first_window(imitator, meta, keys, xw, yw, aw, seen=None, bw=None, weight=0.0):
   """((loss, states), grads) of the first window: gradients also flow through the
   imitator's initial state."""
   first = lambda m: _window_loss(imitator, m, init_states(imitator, m, keys), xw, yw, aw,
-                                 seen, fresh=True)
+                                 seen, True, bw, weight)
   return jax.value_and_grad(first, has_aux=True)(meta)
 
 
-def _later_window(imitator, meta, states, xw, yw, aw, seen=None):
+def _later_window(imitator, meta, states, xw, yw, aw, seen=None, bw=None, weight=0.0):
   """((loss, states), grads) of a later window: the carried state is a constant."""
   return jax.value_and_grad(_window_loss, argnums=1, has_aux=True)(
-      imitator, meta, jax.lax.stop_gradient(states), xw, yw, aw, seen)
+      imitator, meta, jax.lax.stop_gradient(states), xw, yw, aw, seen, False, bw, weight)
 
 
 def _check_truncation(truncation, horizon):
@@ -124,24 +130,28 @@ def _check_truncation(truncation, horizon):
     raise ValueError(f"train.truncation={truncation} must divide the horizon {horizon}.")
 
 
-def loss_and_grads(imitator, meta, keys, xs, ys, as_, truncation: int = 0, observe=None):
+def loss_and_grads(imitator, meta, keys, xs, ys, as_, truncation: int = 0, observe=None,
+                   extra=None, weight=0.0):
   """(mean imitation loss, its gradient w.r.t. meta) over P teachers [P, T, ...]; with
-  `observe` [P] each teacher is seen for its first observe steps only (None: all)."""
+  `observe` [P] each teacher is seen for its first observe steps only (None: all). With
+  `extra` [P, T, B, out] the loss adds weight * D(extra, a_hat) (see `_window_loss`)."""
   horizon = xs.shape[1]
   window = truncation or horizon
   _check_truncation(window, horizon)
   n = horizon // window
+  first_extra = None if extra is None else extra[:, :window]
   (loss, states), grads = _first_window(imitator, meta, keys, xs[:, :window],
                                         ys[:, :window], as_[:, :window],
-                                        seen_steps(observe, 0, window))
+                                        seen_steps(observe, 0, window), first_extra, weight)
   if n == 1:
     return loss, grads
 
   def body(carry, start):
     states, loss_sum, grad_sum = carry
+    bw = None if extra is None else _window((extra,), start, window)[0]
     (l, states), g = _later_window(imitator, meta, states,
                                    *_window((xs, ys, as_), start, window),
-                                   seen_steps(observe, start, window))
+                                   seen_steps(observe, start, window), bw, weight)
     return (states, loss_sum + l, jax.tree.map(jnp.add, grad_sum, g)), None
 
   (_, loss, grads), _ = jax.lax.scan(body, (states, loss, grads),

@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from imitator.kinds import gradient, in_context, registry, system_id, tracking
+from imitator.training import finetune
 from learners import family as family_lib
 from learners import networks, streams
 
@@ -99,7 +100,9 @@ SCHEMA: dict[str, Any] = {
               "rollback_lr_factor": _float(0, 1, open_low=True), "tensorboard": _BOOL,
               "free_running": {"fraction": _float(0, 1), "observe_min": _int(1),
                                "observe_max": _int(1), "horizon": _int(0),
-                               "start_fraction": _float(0, 1)}},
+                               "start_fraction": _float(0, 1)},
+              "finetune": {"source": Rule(str, allowed="a trained run's workdir, or ''"),
+                           "extra": _choice(finetune.EXTRAS), "weight": _float(0)}},
     "eval": {"seed": _int(0), "val_teachers": _int(2), "teachers": _int(2),
              "chunk": _int(0)},
 }
@@ -227,6 +230,11 @@ def validate(config) -> None:
   if fr.horizon and fr.fraction and config.train.curriculum.strip():
     raise ValueError("train.curriculum and train.free_running.horizon cannot be combined "
                      "(set one of them).")
+  ft = config.train.finetune
+  if ft.extra != "none" and config.train.truncation:
+    raise ValueError(f"train.finetune.extra={ft.extra!r} needs train.truncation=0 (its "
+                     "extra behaviour is made for whole episodes); got "
+                     f"{config.train.truncation}.")
   for part in filter(None, (p.strip() for p in config.train.curriculum.split(","))):
     if not 0 < int(part.split("@")[0]) <= horizon:
       raise ValueError(f"train.curriculum={config.train.curriculum!r}: horizon "

@@ -14,7 +14,7 @@ from imitator.evaluation import battery
 from imitator.kinds import registry
 from imitator.rollout import episodes
 from imitator.runtime import parallel
-from imitator.training import config_schema, outer_step
+from imitator.training import config_schema, finetune, outer_step
 
 
 def optimizer(train_cfg) -> optax.GradientTransformation:
@@ -43,6 +43,11 @@ class Experiment:
     self.imitators = registry.build(config, self.setting)
     self.tx = optimizer(config.train)
     self.mesh = parallel.data_mesh()
+    # The overseer of process fine-tuning chooses its trusted learner once, on streams of
+    # the validation key.
+    self.overseer = (finetune.overseer_member(
+        self.setting, self.data, jax.random.fold_in(jax.random.key(config.eval.seed), 3))
+                     if config.train.finetune.extra == "process" else None)
     n = config.train.teachers
     if n % self.mesh.size:
       raise ValueError(f"train.teachers={n} must be a multiple of the {self.mesh.size} "

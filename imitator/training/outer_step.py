@@ -19,6 +19,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from imitator.rollout import episodes, objective
+from imitator.training import finetune
 
 
 class TrainState(NamedTuple):
@@ -103,6 +104,8 @@ def step_fn(exp, horizon: int, free: bool = False):
   truncation = min(exp.config.train.truncation or horizon, horizon)
   n = exp.config.train.teachers
   sharding = NamedSharding(exp.mesh, PartitionSpec("data"))
+  ft = exp.config.train.finetune
+  trained = finetune.trained_names(exp.config, exp.imitators)
 
   def step(ts: TrainState):
     # A rollback replays its steps on other teachers: they may be what broke.
@@ -116,17 +119,26 @@ def step_fn(exp, horizon: int, free: bool = False):
       cuts = jax.lax.with_sharding_constraint(cuts, sharding)
     if truncation < horizon:  # the teachers' data is made window by window too
       place = lambda a: jax.lax.with_sharding_constraint(a, sharding)
-      out = objective.streamed_loss_and_grads(exp.imitators, ts.meta, setting, exp.data,
-                                              k_ep, im_keys, n, truncation, place, cuts)
+      out = objective.streamed_loss_and_grads(
+          {name: exp.imitators[name] for name in trained}, ts.meta, setting, exp.data,
+          k_ep, im_keys, n, truncation, place, cuts)
     else:
       ep = episodes.sample(setting, exp.data, k_ep, n, sharding=sharding)
-      out = {name: objective.loss_and_grads(im, ts.meta[name], im_keys, ep.x, ep.y,
-                                            ep.behaviour, truncation, cuts)
-             for name, im in exp.imitators.items()}
+      extra = finetune.extra_behaviour(ft.extra, setting, ep, exp.overseer,
+                                       jax.random.fold_in(k_ep, 5))
+      out = {name: objective.loss_and_grads(
+          exp.imitators[name], ts.meta[name], im_keys, ep.x, ep.y, ep.behaviour,
+          truncation, cuts, extra if name == "imitator" else None, ft.weight)
+             for name in trained}
     # Each imitator has its own optimizer and guard: a non-finite loss or gradient
     # leaves that imitator's meta-params and optimizer state as they were.
     meta, opt_state, values, oks, bad = {}, {}, {}, [], {}
     for name in exp.imitators:
+      if name not in out:  # not trained in this run (fine-tuning): kept as it is
+        meta[name], opt_state[name], bad[name] = (ts.meta[name], ts.opt_state[name],
+                                                  ts.bad[name])
+        values[f"loss/{name}"] = values[f"grad_norm/{name}"] = jnp.zeros(())
+        continue
       loss, grads = out[name]
       norm = optax.tree.norm(grads)
       ok = jnp.isfinite(loss) & jnp.isfinite(norm)

@@ -165,13 +165,28 @@ def _restore(exp, workdir, allow_change):
         raise ValueError(_no_checkpoint_message(workdir, records, best_steps))
     config_text, why = _checked_config(exp, workdir, restored, info, allow_change)
     if restored is None:
-      ts = exp.init_state()
+      ts = _initial_state(exp)
     else:
       ts = restored
       ckpt.best_nie = info.get("best_val_nie") or ckpt.best_nie
     yield _Run(ckpt, ts, restored is not None, records, report, config_text, why)
   finally:
     ckpt.close()  # also on an interrupt before or after the loop: no save left running
+
+
+def _initial_state(exp) -> outer_step.TrainState:
+  """The state a new run starts from: the initial one, or with the best meta-params of
+  train.finetune.source (fresh optimizer states) when fine-tuning."""
+  ts = exp.init_state()
+  source = exp.config.train.finetune.source
+  if not source:
+    return ts
+  try:
+    meta = evaluate.restore_meta(exp, source)
+  except (FileNotFoundError, ValueError) as e:
+    raise ValueError(f"train.finetune.source={source!r}: {e}; give the workdir of a "
+                     "trained run of this config.") from None
+  return ts._replace(meta=meta, opt_state={n: exp.tx.init(m) for n, m in meta.items()})
 
 
 def _no_checkpoint_message(workdir, records, best_steps) -> str:

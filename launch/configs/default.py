@@ -83,7 +83,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       # every step, seen or alone; those steps' episodes are `horizon` steps (0: the
       # stream's), the other teachers' teacher-forced.
       free_running=dict(fraction=0.5, observe_min=16, observe_max=64, horizon=128,
-                        start_fraction=2 / 3))
+                        start_fraction=2 / 3),
+      # Fine-tuning after imitation (launch.finetune): start from `source`'s best
+      # meta-params and train the imitator on D(a, a_hat) + weight * D(b, a_hat), b the
+      # labels ('outcome') or the overseer's trusted learner ('process');
+      # imitator.training.finetune.
+      finetune=dict(source="", extra="none", weight=0.0))
 
   config.eval = dict(seed=10_000, val_teachers=32, teachers=128,
                      chunk=0)  # evaluation unrolls this many steps per call; 0 = whole horizon

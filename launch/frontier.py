@@ -1,0 +1,135 @@
+"""The fidelity/capability frontier of a trained run: `python -m launch.frontier --workdir=W`.
+
+    python -m launch.frontier --workdir=runs/default
+    python -m launch.frontier --workdir=runs/default --lambdas=0.3,1,3 --ensemble=runs/seed1,runs/seed2,runs/seed3
+
+Fine-tunes W's imitator for each --extras x --lambdas (`launch.finetune`'s runs, into
+W/finetune/<extra>_<lambda>; a run already complete is reused, an interrupted one
+resumes), plus the lambda = 0 control (extra none), then evaluates W's imitator, every
+fine-tuned one and the ensembles of W with the first K - 1 --ensemble workdirs (K = 2, 4,
+...: voting by the mean) on the same held-out teachers at --multiple x T_train,
+teacher-forced and alone after T_train: W/frontier/frontier.json, frontier.md (the
+table) and frontier.png (`imitator.evaluation.frontier`). SIGTERM/SIGINT exit 143/130
+naming what is kept: finished fine-tuning runs are complete workdirs.
+"""
+
+from imitator.runtime import signals
+
+if __name__ == "__main__":
+  signals.install()  # before the heavy imports: from here on no signal is lost
+
+import os  # pylint: disable=wrong-import-position
+import shlex
+import sys
+import time
+
+from absl import flags, logging
+
+from imitator.evaluation import evaluate
+from imitator.evaluation import frontier as frontier_lib
+from imitator.kinds import ensemble
+from imitator.runtime import workdir as workdir_lib
+from imitator.training import experiment, finetune, train
+from launch import cli
+from launch.configs import default
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.", required=True)
+_EXTRAS = flags.DEFINE_list("extras", ["outcome", "process"], "Fine-tuning objectives.")
+_LAMBDAS = flags.DEFINE_list("lambdas", ["0.3", "1", "3", "10"],
+                             "Weights of the extra term (a log grid).")
+_STEPS = flags.DEFINE_integer("steps", 100, "Outer steps of each fine-tuning run.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-2, "Peak meta step size.")
+_ENSEMBLE = flags.DEFINE_list("ensemble", [], "Workdirs of the same config, other seeds: "
+                              "voting points K = 2, 4, ... (W first).")
+_MULTIPLE = flags.DEFINE_integer("multiple", 16, "Horizon of the figures, x T_train.")
+
+
+def _lambdas(values) -> list[float]:
+  try:
+    out = [float(v) for v in values]
+  except ValueError:
+    out = []
+  if not out or any(v <= 0 for v in out):
+    raise ValueError(f"--lambdas={','.join(values)}: allowed are numbers > 0 (lambda = 0 "
+                     "is always run, as extra none).")
+  return sorted(set(out))
+
+
+def main(argv):
+  del argv
+  source = _WORKDIR.value
+  extras = list(_EXTRAS.value)
+  bad = sorted(set(extras) - {"outcome", "process"})
+  if bad or not extras:
+    raise ValueError(f"--extras={','.join(extras)}: allowed are outcome and process.")
+  runs = [("none", 0.0)] + [(e, w) for e in extras for w in _lambdas(_LAMBDAS.value)]
+  started = time.time()
+  metas, points, reused = {}, [], 0
+  for extra, weight in runs:
+    config = finetune.run_config(source, default.get_config(), extra, weight,
+                                 _STEPS.value, _LEARNING_RATE.value)
+    out = finetune.out_dir(source, extra, weight)
+    with signals.interruptible():
+      result = train.train_and_evaluate(
+          config, out, command=f"python -m launch.finetune --workdir={source} "
+          f"--extra={extra} --lambda={weight:g} --steps={_STEPS.value} "
+          f"--learning_rate={_LEARNING_RATE.value:g}")
+    if result["status"] == "preempted":
+      cli.exit_interrupted(f"interrupted: {result['message']}", 143)
+    if result["status"] not in ("finished", "complete"):
+      raise ValueError(f"fine-tuning {out} ended {result['status']}: {result['message']}")
+    logging.info("%s: %s (%.0f s so far)", out, result["status"], time.time() - started)
+    reused += result["status"] == "complete"
+    name = f"{extra}/{weight:g}"
+    metas[name] = out
+    points.append({"name": name, "method": "imitation" if extra == "none" else extra,
+                   "lambda": weight})
+  exp = experiment.Experiment(finetune.run_config(source, default.get_config(), "none",
+                                                  0.0, 1, 1e-3))
+  meta = evaluate.restore_meta(exp, source)
+  im = exp.imitators["imitator"]
+  candidates = {frontier_lib.SOURCE: (im, meta["imitator"])}
+  for name, out in metas.items():
+    candidates[name] = (im, evaluate.restore_meta(exp, out)["imitator"])
+  ensembles = evaluate.check_ensemble(
+      workdir_lib.load_config(source, default.get_config()),
+      [w.strip() for w in _ENSEMBLE.value if w.strip()])
+  members = [meta["imitator"]] + [evaluate.restore_meta(exp, w)["imitator"]
+                                  for w in ensembles]
+  k = 2
+  while k <= len(members):
+    candidates[f"voting/{k}"] = ensemble.EnsembleImitator.of(im, members[:k])
+    points.append({"name": f"voting/{k}", "method": "voting", "k": k})
+    k *= 2
+  points.insert(0, {"name": frontier_lib.SOURCE, "method": "imitation", "lambda": None})
+  with signals.interruptible():
+    figs = frontier_lib.per_teacher(exp, candidates, _MULTIPLE.value, exp.setting.t)
+  result = frontier_lib.frontier(figs, points)
+  result.update(source=os.path.abspath(source), multiple=_MULTIPLE.value,
+                observe=exp.setting.t, t_train=exp.setting.t, steps=_STEPS.value,
+                learning_rate=_LEARNING_RATE.value, seconds=round(time.time() - started),
+                ensemble=ensembles, reused=reused, runs=len(runs),
+                command=" ".join(["python -m launch.frontier"]
+                                 + [shlex.quote(a) for a in sys.argv[1:]]))
+  out_dir = os.path.join(source, "frontier")
+  frontier_lib.write(result, out_dir)
+  for line in frontier_lib.table(result):
+    print(line, flush=True)
+  print(f"frontier: {os.path.abspath(out_dir)} ({result['seconds']} s)", flush=True)
+
+
+def _run(argv):
+  try:
+    main(argv)
+  except BaseException as e:  # pylint: disable=broad-except
+    if not isinstance(e, KeyboardInterrupt):
+      raise
+    e = signals.as_interrupted(e)
+    cli.exit_interrupted(f"interrupted ({e.name}): fine-tuning runs finished so far are "
+                         f"complete workdirs under {_WORKDIR.value}/finetune (an "
+                         "interrupted one resumes from its checkpoint); run the same "
+                         "command again to go on", e.exit_code)
+
+
+if __name__ == "__main__":
+  cli.run(_run)
