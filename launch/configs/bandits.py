@@ -38,9 +38,10 @@ def get_config(arg=None):
   config.imitator = ml_collections.ConfigDict(dict(hidden=64))
   config.train = ml_collections.ConfigDict(dict(
       steps=1500, teachers=64, learning_rate=3e-3, clip=1.0, alone_fraction=0.5,
-      # alone episodes of T_train trials: longer ones (200, 400) cost teacher-forced
-      # fidelity for no alone fidelity (BUILD_NOTES, "Teachers that act")
-      alone_horizon=100,
+      # alone episodes of T_train trials on the drifting bandits (200 or 400 cost
+      # teacher-forced fidelity for no alone fidelity); contextual ones need 200 (with
+      # 100 their alone KL doubles at 16 x): BUILD_NOTES, "Teachers that act"
+      alone_horizon=200 if "contextual" in words else 100,
       log_every=100, checkpoint_every=500))
   config.eval = ml_collections.ConfigDict(dict(
       teachers=128, horizons=[1, 2, 16, 1024], mle_steps=300, mle_restarts=8))
