@@ -537,14 +537,15 @@ def acting_tables(workdirs: list) -> str:
   return "\n".join(out)
 
 
-def frontier_tables(workdirs: list) -> str:
-  """Each run's fidelity/capability frontier (`imitator.evaluation.frontier.markdown`)."""
+def frontier_tables(workdirs: list, every_pair: bool = True) -> str:
+  """Each run's fidelity/capability frontier (`imitator.evaluation.frontier.markdown`;
+  `every_pair`: list each process/outcome pair where one is better)."""
   out = []
   for w in workdirs:
     path = os.path.join(w, "frontier", "frontier.json")
     result = workdir_lib.read_json(path, f"run python -m launch.frontier --workdir={w}")
     out.append(f"`{w}`: {_na(f'no {path}')}\n" if result is None else
-               frontier_lib.markdown(result))
+               frontier_lib.markdown(result, every_pair))
   return "\n".join(out)
 
 
@@ -579,9 +580,10 @@ def main(argv):
       _replace_in(path, acting_tables(runs), ACTING_BEGIN, ACTING_END)
       print(f"wrote the acting tables into {path}")
   frontier = [w.strip() for w in _FRONTIER.value if w.strip()]
-  for path in (_README.value, _RESULTS.value):
+  for path, every_pair in ((_README.value, False), (_RESULTS.value, True)):
     if path and frontier:
-      _replace_in(path, frontier_tables(frontier), FRONTIER_BEGIN, FRONTIER_END)
+      _replace_in(path, frontier_tables(frontier, every_pair), FRONTIER_BEGIN,
+                  FRONTIER_END)
       print(f"wrote the frontier into {path}")
 
 

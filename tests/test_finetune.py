@@ -182,6 +182,10 @@ def test_frontier_figures_against_hand_computation():
   assert [(d["mode"], d["better"], d["strict"]) for d in out["dominance"]] == [
       ("forced", "process", True), ("alone", "process", True)]
   assert len(frontier.table(out)) == 2 + len(points)
+  text = frontier.markdown(dict(out, command="cmd", seconds=1), every_pair=False)
+  assert text.count("process better in 1 (1 on both axes), outcome in 0") == 2, text
+  assert "  - alone: process lambda=1 vs outcome lambda=1: process is better on both" in (
+      frontier.markdown(out))
 
 
 @pytest.mark.slow

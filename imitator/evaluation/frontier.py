@@ -133,9 +133,10 @@ def table(result: dict) -> list[str]:
   return lines
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, every_pair: bool = True) -> str:
   """The frontier under a line naming its command, then which of process and outcome
-  fine-tuning is better where, paired."""
+  fine-tuning is better where, paired (a count per mode, and with `every_pair` each
+  pair where one is better)."""
   mult, obs = result.get("multiple"), result.get("observe")
   reused = (f", {result['reused']} of its {result['runs']} fine-tuning runs complete "
             "already" if result.get("reused") else "")
@@ -152,12 +153,31 @@ def markdown(result: dict) -> str:
     lines.append("Process against outcome fine-tuning, paired at every pair of lambdas: "
                  "neither is more faithful at no loss of capability, or more capable at no "
                  "loss of fidelity, anywhere (CIs overlap 1 or the two trade).")
-  for d in found:
+  n_pairs = (sum(p["method"] == "process" for p in result["points"])
+             * sum(p["method"] == "outcome" for p in result["points"]))
+  for mode in MODES:
+    here = [d for d in found if d["mode"] == mode]
+    if not here:
+      continue
+    wins = {w: [d for d in here if d["better"] == w] for w in ("process", "outcome")}
+    best = min(here, key=lambda d: d["nie_ratio"] if d["better"] == "process"
+               else 1 / d["nie_ratio"])
     lines.append(
-        f"- {d['mode']}: process lambda={d['process']:g} vs outcome lambda={d['outcome']:g}"
-        f": {d['better']} is better{' on both axes' if d['strict'] else ''} (NIE ratio "
-        f"process/outcome {_ci(d['nie_ratio'], d['nie_ratio_ci'])}, loss ratio "
-        f"{_ci(d['loss_ratio'], d['loss_ratio_ci'])}).")
+        f"- {'teacher-forced' if mode == 'forced' else 'alone'}, paired process against "
+        f"outcome over {n_pairs} pairs of lambdas: process better in "
+        f"{len(wins['process'])} ({sum(d['strict'] for d in wins['process'])} on both "
+        f"axes), outcome in {len(wins['outcome'])} "
+        f"({sum(d['strict'] for d in wins['outcome'])} on both), the others trade or tie; "
+        f"e.g. process lambda={best['process']:g} vs outcome lambda={best['outcome']:g}: "
+        f"NIE ratio process/outcome {_ci(best['nie_ratio'], best['nie_ratio_ci'])}, loss "
+        f"ratio {_ci(best['loss_ratio'], best['loss_ratio_ci'])}.")
+  if every_pair:
+    for d in found:
+      lines.append(
+          f"  - {d['mode']}: process lambda={d['process']:g} vs outcome lambda="
+          f"{d['outcome']:g}: {d['better']} is better{' on both axes' if d['strict'] else ''}"
+          f" (NIE ratio process/outcome {_ci(d['nie_ratio'], d['nie_ratio_ci'])}, loss "
+          f"ratio {_ci(d['loss_ratio'], d['loss_ratio_ci'])}).")
   return "\n".join(lines) + "\n"
 
 
