@@ -239,6 +239,31 @@ def train_and_report(config, workdir: str, command: str,
         flush=True)
 
 
+def acting_train_and_report(config, workdir: str, command: str) -> None:
+  """`train_and_report` for an acting config (`launch/configs/bandits.py`): its own loop
+  and closed-loop report."""
+  from imitator.acting import report as acting_report  # pylint: disable=import-outside-toplevel
+  from imitator.acting import train as acting_train  # pylint: disable=import-outside-toplevel
+  try:
+    with signals.interruptible():
+      result = acting_train.train_and_evaluate(config, workdir, command=command)
+  except BaseException as e:  # pylint: disable=broad-except
+    e = signals.as_interrupted(e)
+    steps = checkpoint.saved_steps(os.path.abspath(workdir))
+    saved = f"checkpoint at step {steps[-1]}" if steps else "nothing checkpointed yet"
+    exit_interrupted(f"interrupted ({e.name}): {saved} in {os.path.abspath(workdir)}; "
+                     "run the same command again to go on", e.exit_code)
+  if result["status"] == "preempted":
+    exit_interrupted(f"interrupted: {result['message']}", 143)
+  if result["status"] == "complete":
+    print(f"the run is complete (train.steps={config.train.steps}); nothing to do. Its "
+          "summary:", flush=True)
+  for line in acting_report.summary_lines(result):
+    print(line, flush=True)
+  print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
+        flush=True)
+
+
 def _interrupted_message(e, workdir, result) -> str:
   """One line: what an interrupt leaves, how to continue."""
   if result is not None and result["status"] == "preempted":

@@ -13,6 +13,10 @@ workdir (default W/finetune/<extra>_<lambda>) that `launch.evaluate` reads as an
 its config is W's with train.finetune set, train.steps=--steps, train.learning_rate=
 --learning_rate, validation only at the end (so that the best checkpoint is the last).
 Restarting the same command resumes; signals and errors as in `launch.train`.
+
+On an acting run (`launch/configs/bandits.py`) the extra term is minus the reward
+(`outcome`, a policy gradient through the closed loop) or KL from the overseer's trusted
+learner run on the imitator's own choices (`process`): `imitator.acting.finetune`.
 """
 
 from imitator.runtime import signals
@@ -26,6 +30,9 @@ import sys
 
 from absl import flags
 
+from imitator.acting import finetune as acting_finetune
+from imitator.acting import train as acting_train
+from imitator.runtime import workdir as workdir_lib
 from imitator.training import finetune
 from launch import cli
 from launch.configs import default
@@ -37,18 +44,27 @@ _EXTRA = flags.DEFINE_enum("extra", "outcome", finetune.EXTRAS,
                            "trusted learner) or none (plain imitation).")
 _LAMBDA = flags.DEFINE_float("lambda", 1.0, "Weight of the extra term (>= 0).")
 _STEPS = flags.DEFINE_integer("steps", 100, "Outer steps of fine-tuning.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-2, "Peak meta step size.")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", None, "Peak meta step size (default 1e-2; 1e-3 on acting runs).")
 _OUT = flags.DEFINE_string("out", None,
                            "Workdir to write (default: WORKDIR/finetune/EXTRA_LAMBDA).")
 
 
 def main(argv):
   del argv
-  config = finetune.run_config(_WORKDIR.value, default.get_config(), _EXTRA.value,
-                               _LAMBDA.value, _STEPS.value, _LEARNING_RATE.value)
-  workdir = _OUT.value or finetune.out_dir(_WORKDIR.value, _EXTRA.value, _LAMBDA.value)
-  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   command = " ".join(["python -m launch.finetune"] + [shlex.quote(a) for a in sys.argv[1:]])
+  workdir = _OUT.value or finetune.out_dir(_WORKDIR.value, _EXTRA.value, _LAMBDA.value)
+  if "acting" in (workdir_lib.read_saved_config(_WORKDIR.value) or {}):
+    config = acting_finetune.run_config(acting_train.load_config(_WORKDIR.value),
+                                        _WORKDIR.value, _EXTRA.value, _LAMBDA.value,
+                                        _STEPS.value, _LEARNING_RATE.value
+                                        or acting_finetune.LEARNING_RATE)
+    print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+    return cli.acting_train_and_report(config, workdir, command)
+  config = finetune.run_config(_WORKDIR.value, default.get_config(), _EXTRA.value,
+                               _LAMBDA.value, _STEPS.value,
+                               _LEARNING_RATE.value or finetune.LEARNING_RATE)
+  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   cli.train_and_report(config, workdir, command)
 
 

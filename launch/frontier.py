@@ -25,6 +25,10 @@ import time
 
 from absl import flags, logging
 
+from imitator.acting import agents as agents_lib
+from imitator.acting import finetune as acting_finetune
+from imitator.acting import frontier as acting_frontier
+from imitator.acting import train as acting_train
 from imitator.evaluation import evaluate
 from imitator.evaluation import frontier as frontier_lib
 from imitator.kinds import ensemble
@@ -38,7 +42,8 @@ _EXTRAS = flags.DEFINE_list("extras", ["outcome", "process"], "Fine-tuning objec
 _LAMBDAS = flags.DEFINE_list("lambdas", ["0.3", "1", "3", "10"],
                              "Weights of the extra term (a log grid).")
 _STEPS = flags.DEFINE_integer("steps", 100, "Outer steps of each fine-tuning run.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-2, "Peak meta step size.")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", None, "Peak meta step size (default 1e-2; 1e-3 on acting runs).")
 _ENSEMBLE = flags.DEFINE_list("ensemble", [], "Workdirs of the same config, other seeds: "
                               "voting points K = 2, 4, ... (W first).")
 _MULTIPLE = flags.DEFINE_integer("multiple", 16, "Horizon of the figures, x T_train.")
@@ -55,6 +60,77 @@ def _lambdas(values) -> list[float]:
   return sorted(set(out))
 
 
+def _command(source, extra, weight, lr) -> str:
+  return (f"python -m launch.finetune --workdir={source} --extra={extra} "
+          f"--lambda={weight:g} --steps={_STEPS.value} --learning_rate={lr:g}")
+
+
+def _finish(result, source, started, extras) -> None:
+  """Writes W/frontier and prints the table."""
+  result.update(source=os.path.abspath(source), multiple=_MULTIPLE.value,
+                steps=_STEPS.value, seconds=round(time.time() - started), **extras,
+                command=" ".join(["python -m launch.frontier"]
+                                 + [shlex.quote(a) for a in sys.argv[1:]]))
+  out_dir = os.path.join(source, "frontier")
+  frontier_lib.write(result, out_dir)
+  for line in frontier_lib.table(result):
+    print(line, flush=True)
+  print(f"frontier: {os.path.abspath(out_dir)} ({result['seconds']} s)", flush=True)
+
+
+def _checked(result, out) -> bool:
+  """Whether a fine-tuning run was complete already; exits or raises when it did not
+  finish."""
+  if result["status"] == "preempted":
+    cli.exit_interrupted(f"interrupted: {result['message']}", 143)
+  if result["status"] not in ("finished", "complete"):
+    raise ValueError(f"fine-tuning {out} ended {result['status']}: {result['message']}")
+  return result["status"] == "complete"
+
+
+def _acting(source, runs, started) -> None:
+  """The frontier of an acting run: fine-tuning runs, then `acting.frontier` figures of
+  W's imitator, the fine-tuned ones and voting ensembles of W with --ensemble runs."""
+  base = acting_train.load_config(source)
+  lr = _LEARNING_RATE.value or acting_finetune.LEARNING_RATE
+  candidates, points, reused = {}, [], 0
+  im = acting_train.imitator(base)
+  for extra, weight in runs:
+    config = acting_finetune.run_config(base, source, extra, weight, _STEPS.value, lr)
+    out = finetune.out_dir(source, extra, weight)
+    with signals.interruptible():
+      result = acting_train.train_and_evaluate(config, out, command=_command(
+          source, extra, weight, lr))
+    reused += _checked(result, out)
+    name = f"{extra}/{weight:g}"
+    candidates[name] = (im, acting_train.load(out)[1])
+    points.append({"name": name, "method": "imitation" if extra == "none" else extra,
+                   "lambda": weight})
+  members = [acting_train.load(source)[1]]
+  for w in [w.strip() for w in _ENSEMBLE.value if w.strip()]:
+    config, meta, _ = acting_train.load(w)
+    if config.acting.to_dict() != base.acting.to_dict() or (
+        config.imitator.to_dict() != base.imitator.to_dict()):
+      raise ValueError(f"--ensemble={w}: a run of another acting config than "
+                       f"{source}; give runs of the same config (other seeds).")
+    members.append(meta)
+  candidates = {frontier_lib.SOURCE: (im, members[0]), **candidates}
+  k = 2
+  while k <= len(members):
+    candidates[f"voting/{k}"] = (agents_lib.Voting(im), tuple(members[:k]))
+    points.append({"name": f"voting/{k}", "method": "voting", "k": k})
+    k *= 2
+  points.insert(0, {"name": frontier_lib.SOURCE, "method": "imitation", "lambda": None})
+  with signals.interruptible():
+    figs = acting_frontier.per_teacher(base, candidates, _MULTIPLE.value)
+  result = frontier_lib.frontier(figs, points)
+  result.update(acting_frontier.LABELS)
+  _finish(result, source, started, dict(
+      observe=base.acting.t_train, t_train=base.acting.t_train, learning_rate=lr,
+      ensemble=[w.strip() for w in _ENSEMBLE.value if w.strip()], reused=reused,
+      runs=len(runs)))
+
+
 def main(argv):
   del argv
   source = _WORKDIR.value
@@ -64,22 +140,19 @@ def main(argv):
     raise ValueError(f"--extras={','.join(extras)}: allowed are outcome and process.")
   runs = [("none", 0.0)] + [(e, w) for e in extras for w in _lambdas(_LAMBDAS.value)]
   started = time.time()
+  if "acting" in (workdir_lib.read_saved_config(source) or {}):
+    return _acting(source, runs, started)
+  lr = _LEARNING_RATE.value or finetune.LEARNING_RATE
   metas, points, reused = {}, [], 0
   for extra, weight in runs:
     config = finetune.run_config(source, default.get_config(), extra, weight,
-                                 _STEPS.value, _LEARNING_RATE.value)
+                                 _STEPS.value, lr)
     out = finetune.out_dir(source, extra, weight)
     with signals.interruptible():
-      result = train.train_and_evaluate(
-          config, out, command=f"python -m launch.finetune --workdir={source} "
-          f"--extra={extra} --lambda={weight:g} --steps={_STEPS.value} "
-          f"--learning_rate={_LEARNING_RATE.value:g}")
-    if result["status"] == "preempted":
-      cli.exit_interrupted(f"interrupted: {result['message']}", 143)
-    if result["status"] not in ("finished", "complete"):
-      raise ValueError(f"fine-tuning {out} ended {result['status']}: {result['message']}")
+      result = train.train_and_evaluate(config, out, command=_command(
+          source, extra, weight, lr))
+    reused += _checked(result, out)
     logging.info("%s: %s (%.0f s so far)", out, result["status"], time.time() - started)
-    reused += result["status"] == "complete"
     name = f"{extra}/{weight:g}"
     metas[name] = out
     points.append({"name": name, "method": "imitation" if extra == "none" else extra,
@@ -105,17 +178,9 @@ def main(argv):
   with signals.interruptible():
     figs = frontier_lib.per_teacher(exp, candidates, _MULTIPLE.value, exp.setting.t)
   result = frontier_lib.frontier(figs, points)
-  result.update(source=os.path.abspath(source), multiple=_MULTIPLE.value,
-                observe=exp.setting.t, t_train=exp.setting.t, steps=_STEPS.value,
-                learning_rate=_LEARNING_RATE.value, seconds=round(time.time() - started),
-                ensemble=ensembles, reused=reused, runs=len(runs),
-                command=" ".join(["python -m launch.frontier"]
-                                 + [shlex.quote(a) for a in sys.argv[1:]]))
-  out_dir = os.path.join(source, "frontier")
-  frontier_lib.write(result, out_dir)
-  for line in frontier_lib.table(result):
-    print(line, flush=True)
-  print(f"frontier: {os.path.abspath(out_dir)} ({result['seconds']} s)", flush=True)
+  _finish(result, source, started, dict(
+      observe=exp.setting.t, t_train=exp.setting.t, learning_rate=lr,
+      ensemble=ensembles, reused=reused, runs=len(runs)))
 
 
 def _run(argv):

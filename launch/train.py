@@ -23,7 +23,7 @@ import sys
 
 from absl import flags, logging
 
-from imitator.runtime import checkpoint, parallel
+from imitator.runtime import parallel
 from imitator.training import config_schema
 from launch import cli
 
@@ -41,7 +41,10 @@ def main(argv):
   del argv
   config = cli.config_value(_CONFIG)
   if "acting" in config:
-    return _acting(config)
+    workdir = _workdir()
+    print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+    return cli.acting_train_and_report(config, workdir, " ".join(
+        ["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]]))
   config_schema.validate(config)  # before the fields it reads are trusted below
   config_schema.check_applicable(config, cli.file_config())
   workdir = _workdir()
@@ -55,33 +58,6 @@ def main(argv):
 def _workdir() -> str:
   return _WORKDIR.value or os.path.join(
       "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-
-
-def _acting(config) -> None:
-  """An acting config (`launch/configs/bandits.py`): its own loop and closed-loop report."""
-  from imitator.acting import report as acting_report  # pylint: disable=import-outside-toplevel
-  from imitator.acting import train as acting_train  # pylint: disable=import-outside-toplevel
-  workdir = _workdir()
-  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-  command = " ".join(["python -m launch.train"] + [shlex.quote(a) for a in sys.argv[1:]])
-  try:
-    with signals.interruptible():
-      result = acting_train.train_and_evaluate(config, workdir, command=command)
-  except BaseException as e:  # pylint: disable=broad-except
-    e = signals.as_interrupted(e)
-    steps = checkpoint.saved_steps(os.path.abspath(workdir))
-    saved = f"checkpoint at step {steps[-1]}" if steps else "nothing checkpointed yet"
-    cli.exit_interrupted(f"interrupted ({e.name}): {saved} in {os.path.abspath(workdir)}; "
-                         "run the same command again to go on", e.exit_code)
-  if result["status"] == "preempted":
-    cli.exit_interrupted(f"interrupted: {result['message']}", 143)
-  if result["status"] == "complete":
-    print(f"the run is complete (train.steps={config.train.steps}); nothing to do. Its "
-          "summary:", flush=True)
-  for line in acting_report.summary_lines(result):
-    print(line, flush=True)
-  print(f"report: {os.path.join(os.path.abspath(workdir), 'eval', 'report.json')}",
-        flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,13 @@ def test_an_agent_that_is_the_teacher_matches_it_forced_and_alone():
   # Common random numbers: alone, it makes the teacher's own choices and gets its rewards.
   np.testing.assert_array_equal(sums["counts_alone"][0], sums["counts"])
   assert sums["counts"][..., 2].sum() > 0  # switches happen: the check is not vacuous
+  # Expected regret by hand from the teacher's own rollout: best p minus pi . p.
+  pi = np.asarray(acting.population_rollout(fam, hp, tables).policy, np.float64)
+  p = np.asarray(tables.p, np.float64)
+  regret = (p.max(-1) - (pi * p).sum(-1)).reshape(6, 4, 10).mean(-1).T
+  np.testing.assert_allclose(sums["regret"], regret, atol=1e-5)
+  np.testing.assert_allclose(sums["regret_forced"][0], regret, atol=1e-5)
+  np.testing.assert_allclose(sums["regret_alone"][0], regret, atol=1e-5)
 
 
 def _loop_reference(fam, hp, tables, agent, meta, cut, window):

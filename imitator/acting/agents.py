@@ -12,6 +12,8 @@ leading teacher axis (a fit per teacher) or are shared (meta-params).
   its fast state is h, its meta-params the cell and the readout.
 - `ValueModel`: the family's `q_learning` rule with per-teacher hyperparams (the
   per-subject maximum-likelihood reference of `mle`).
+- `Voting`: K agents of one kind that choose by the mean of their policies (params: a
+  tuple of the members'), each member learning from the same trials.
 """
 
 from __future__ import annotations
@@ -118,3 +120,25 @@ def log_policies(agent, params, choice, reward, x=None):
   _, lp = jax.lax.scan(trial, agent.init(params),
                        (choice, jnp.asarray(reward, jnp.float32), x))
   return lp
+
+
+@dataclasses.dataclass(frozen=True)
+class Voting:
+  """K members of `agent` choosing by the mean of their policies (a stochastic choice
+  has no majority to vote: the mean of probabilities is the vote's share per arm);
+  params: a tuple of the members' params."""
+
+  agent: object
+  per_teacher = False
+
+  def init(self, params):
+    return tuple(self.agent.init(p) for p in params)
+
+  def log_policy(self, params, state, x):
+    pis = [jnp.exp(self.agent.log_policy(p, s, x)) for p, s in zip(params, state)]
+    return jnp.log(jnp.maximum(sum(pis) / len(pis), _LOG_FLOOR))
+
+  def observe(self, params, state, x, choice, reward, pi):
+    return tuple(self.agent.observe(p, s, x, choice, reward,
+                                    jnp.exp(self.agent.log_policy(p, s, x)))
+                 for p, s in zip(params, state))

@@ -14,7 +14,7 @@ The family is an `acting.ActingFamily` or any family with its protocol (`init_st
   On seen trials the alone track is the forced one and the shadow is the teacher.
 `seen` is per teacher: trials t < cut[p]. The rollout is one `lax.scan` over windows of
 trials with an inner scan, keeping per-window sums per teacher (constant memory in the
-horizon); `trial_losses` gives the per-trial values for the meta-objective instead.
+horizon); `trial_outputs` gives the per-trial values for the meta-objective instead.
 """
 
 from __future__ import annotations
@@ -63,27 +63,33 @@ def init(family, hp, agents, params) -> Carry:
 def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cut,
           with_alone: bool = True):
   """One trial of one teacher: (carry, outputs) with outputs a dict of per-agent lists
-  `nll`, `kl_forced`, `kl_alone`, `counts_alone` [7] and teacher `nll_true`,
-  `counts` [7], `seen`. kl_alone is 0 on seen trials, where counts_alone are the
-  teacher's. `with_alone=False` (static) promises every trial is seen: the alone tracks are
+  `nll`, `kl_forced`, `kl_alone`, `counts_alone` [7], `regret_forced`, `regret_alone`,
+  `log_policy_alone` [K], `choice_alone`, `reward_alone` and teacher `nll_true`,
+  `counts` [7], `regret`, `seen`. kl_alone is 0 on seen trials, where counts_alone,
+  choice_alone and reward_alone are the teacher's. Regret is expected: the best arm's
+  reward probability minus the policy's expected reward. `with_alone=False` (static) promises every trial is seen: the alone tracks are
   not computed."""
   seen = carry.t < cut
   pi = family.policy_at(hp, carry.teacher, row.x)
   c = environments.choose(pi, row.v)
   r = environments.reward(row, c)
   teacher = family.learn_at(hp, carry.teacher, pi, c, r, row.x)
+  regret = lambda policy: jnp.max(row.p) - policy @ row.p
   out = {"nll_true": metrics.choice_nll(jnp.log(jnp.maximum(pi, 1e-12)), c),
          "counts": metrics.behaviour_counts(carry.prev_choice, carry.prev_reward, c, r),
-         "seen": seen, "nll": [], "kl_forced": [], "kl_alone": [], "counts_alone": []}
+         "regret": regret(pi), "seen": seen, **{k: [] for k in PER_AGENT}}
   tracks = []
   for agent, p, tr in zip(agents, params, carry.tracks):
     lp = agent.log_policy(p, tr.forced, row.x)
     out["nll"].append(metrics.choice_nll(lp, c))
     out["kl_forced"].append(metrics.policy_kl(pi, lp))
+    out["regret_forced"].append(regret(jnp.exp(lp)))
     forced = agent.observe(p, tr.forced, row.x, c, r, jnp.exp(lp))
     if not with_alone:
-      out["kl_alone"].append(jnp.zeros_like(out["nll"][-1]))
-      out["counts_alone"].append(out["counts"])
+      for k, v in (("kl_alone", jnp.zeros_like(out["nll"][-1])),
+                   ("counts_alone", out["counts"]), ("regret_alone", out["regret_forced"][-1]),
+                   ("log_policy_alone", lp), ("choice_alone", c), ("reward_alone", r)):
+        out[k].append(v)
       tracks.append(Track(forced, forced, teacher, c, r))
       continue
 
@@ -96,6 +102,10 @@ def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cu
     c_a, r_a = jnp.where(seen, c, c_a), jnp.where(seen, r, r_a)  # seen: the teacher's
     out["counts_alone"].append(
         metrics.behaviour_counts(tr.prev_choice, tr.prev_reward, c_a, r_a))
+    out["regret_alone"].append(regret(pi_a))
+    out["log_policy_alone"].append(lp_a)
+    out["choice_alone"].append(c_a)
+    out["reward_alone"].append(r_a)
     alone = agent.observe(p, tr.alone, row.x, c_a, r_a, pi_a)
     shadow = family.learn_at(hp, tr.shadow, pi_s, c_a, r_a, row.x)
     # Seen: the alone track is the forced one and the shadow is the teacher.
@@ -105,29 +115,39 @@ def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cu
   return Carry(teacher, c, r, tuple(tracks), carry.t + 1), out
 
 
-def trial_losses(family, hp, agent, meta, tables: environments.Tables, cut,
-                 with_alone: bool = True):
-  """The meta-objective's per-trial terms of one shared-params agent on P teachers:
-  hp {field: [P]}, tables [P, T, ...], cut [P] -> (nll [P, T] on the teacher's history,
-  kl_alone [P, T], seen [P, T]); `with_alone=False` when every cut is T (`trial`)."""
+def trial_outputs(family, hp, agent, meta, tables: environments.Tables, cut,
+                  with_alone: bool = True, follow=None):
+  """Per-trial outputs of `trial` for one shared-params agent on P teachers: hp {field:
+  [P]}, tables [P, T, ...], cut [P] -> {key: [P, T, ...]} (the agent's lists unwrapped);
+  `with_alone=False` when every cut is T. `follow` (optional): (init, step) of a
+  second observer of the alone track, `step(state, row, out) -> (state, y)` after each
+  trial, its y returned as "follow"."""
   def one(h, tb, c):
     def body(carry, row):
+      carry, f = carry
       carry, out = trial(family, h, (agent,), (meta,), carry, row, c, with_alone)
-      return carry, (out["nll"][0], out["kl_alone"][0], out["seen"])
-    _, ys = jax.lax.scan(body, init(family, h, (agent,), (meta,)), tb)
-    return ys
+      out = {k: v[0] if isinstance(v, list) else v for k, v in out.items()}
+      if follow is not None:
+        f, out["follow"] = follow[1](f, row, out)
+      return (carry, f), out
+    f0 = follow[0]() if follow is not None else ()
+    return jax.lax.scan(body, (init(family, h, (agent,), (meta,)), f0), tb)[1]
   return jax.vmap(one)(hp, tables, cut)
 
 
-WINDOW_KEYS = ("nll_true", "counts", "nll", "kl_forced", "kl_alone", "counts_alone")
+PER_AGENT = ("nll", "kl_forced", "kl_alone", "counts_alone", "regret_forced",
+             "regret_alone", "log_policy_alone", "choice_alone", "reward_alone")
+WINDOW_KEYS = ("nll_true", "counts", "regret", "nll", "kl_forced", "kl_alone",
+               "counts_alone", "regret_forced", "regret_alone")
 
 
 def windowed(family, hp, agents, params, tables: environments.Tables, cut: int,
              window: int) -> dict:
   """Per-window means over each teacher's trials: hp {field: [P]}, tables [P, T, ...] with T a
   multiple of window, params per agent (a leading P axis if `agent.per_teacher`).
-  Returns {"nll_true": [W, P], "counts": [W, P, 7] (sums), and per agent lists of
-  "nll", "kl_forced", "kl_alone" [W, P], "counts_alone" [W, P, 7] (sums)}."""
+  Returns {"nll_true", "regret": [W, P], "counts": [W, P, 7] (sums), and per agent
+  lists of "nll", "kl_forced", "kl_alone", "regret_forced", "regret_alone" [W, P],
+  "counts_alone" [W, P, 7] (sums)}."""
   p_axis = tuple(0 if a.per_teacher else None for a in agents)
   n = tables.v.shape[1]
   w = n // window

@@ -38,7 +38,7 @@ from absl import logging
 
 from imitator import metrics
 from imitator.acting import agents as agents_lib
-from imitator.acting import closed_loop, mle
+from imitator.acting import closed_loop, finetune, mle
 from imitator.runtime import checkpoint, signals
 from imitator.runtime import workdir as workdir_lib
 from learners import acting, acting_networks, environments
@@ -64,6 +64,12 @@ def check(config) -> None:
                      f"episode, an integer >= acting.t_train={a.t_train}.")
   if not 0.0 <= t.alone_fraction <= 1.0:
     raise ValueError(f"config.train.alone_fraction={t.alone_fraction!r}: must be in [0, 1].")
+  ft = t.finetune
+  if ft.extra not in finetune.EXTRAS or not ft.weight >= 0 or (ft.extra != "none"
+                                                               and not ft.source):
+    raise ValueError(f"config.train.finetune={ft.to_dict()!r}: extra one of "
+                     f"{', '.join(finetune.EXTRAS)}, weight >= 0, and a source workdir "
+                     "with an extra (launch.finetune sets them).")
   if not t.learning_rate > 0:
     raise ValueError(f"config.train.learning_rate={t.learning_rate!r}: must be > 0.")
   horizons = list(e.horizons)
@@ -131,21 +137,34 @@ def _split_teachers(config) -> tuple[int, int]:
   return config.train.teachers - alone, alone
 
 
-def loss_fn(config, meta, hp, tables, cut, alone: bool = True):
-  """Sum over trials of the meta-objective's terms (module docstring), and their sums
-  {nll_seen, kl_alone, seen, alone} (trial counts too); `alone=False` (static) when
-  every cut is T."""
-  nll, kl, seen = closed_loop.trial_losses(family(config), hp, imitator(config), meta,
-                                           tables, cut, alone)
-  total = jnp.sum(jnp.where(seen, nll, kl))
-  return total, {"nll_seen": jnp.sum(jnp.where(seen, nll, 0)),
-                 "kl_alone": jnp.sum(jnp.where(seen, 0, kl)),
-                 "seen": jnp.sum(seen), "alone": jnp.sum(~seen)}
+def loss_fn(config, meta, hp, tables, cut, alone: bool = True, overseer=None):
+  """Sum over trials of the meta-objective's terms (module docstring) plus, when
+  fine-tuning, train.finetune.weight x its extra term (`acting.finetune`), and their
+  sums {nll_seen, kl_alone, extra, seen, alone} (trial counts too); `alone=False`
+  (static) when every cut is T; `overseer` the trusted learner's hyperparams (process)."""
+  ft = config.train.finetune
+  imitation, extra, seen = finetune.extra_terms(ft.extra, family(config), hp, imitator(config),
+                                          meta, tables, cut, overseer, alone)
+  total = jnp.sum(imitation) + ft.weight * jnp.sum(extra)
+  return total, {"nll_seen": jnp.sum(jnp.where(seen, imitation, 0)),
+                 "kl_alone": jnp.sum(jnp.where(seen, 0, imitation)),
+                 "extra": jnp.sum(extra), "seen": jnp.sum(seen), "alone": jnp.sum(~seen)}
+
+
+def overseer(config):
+  """The process overseer's trusted member (None unless train.finetune.extra is process),
+  chosen on bandits of the alone horizon from the evaluation key's branch 3."""
+  if config.train.finetune.extra != "process":
+    return None
+  return finetune.overseer_member(config, family(config),
+                                  bandit(config, 1, config.train.alone_horizon),
+                                  jax.random.fold_in(keys(config)["eval"], 3))
 
 
 def make_step(config):
   opt = optimizer(config)
   train_key = keys(config)["train"]
+  trusted = overseer(config)
 
   @jax.jit
   def step(meta, opt_state, i):
@@ -154,7 +173,7 @@ def make_step(config):
                 zip((False, True), _split_teachers(config)) if n]
 
     def objective(m):
-      sums = [loss_fn(config, m, *e, alone=alone) for e, alone in episodes]
+      sums = [loss_fn(config, m, *e, alone=alone, overseer=trusted) for e, alone in episodes]
       total = sum(s[0] for s in sums)
       parts = jax.tree.map(lambda *x: sum(x), *[s[1] for s in sums])
       return total / (parts["seen"] + parts["alone"]), parts
@@ -163,7 +182,8 @@ def make_step(config):
     updates, opt_state = opt.update(grads, opt_state, meta)
     return optax.apply_updates(meta, updates), opt_state, {
         "loss": loss, "nll_seen": parts["nll_seen"] / jnp.maximum(parts["seen"], 1),
-        "kl_alone": parts["kl_alone"] / jnp.maximum(parts["alone"], 1)}
+        "kl_alone": parts["kl_alone"] / jnp.maximum(parts["alone"], 1),
+        "extra": parts["extra"] / (parts["seen"] + parts["alone"])}
   return step
 
 
@@ -187,6 +207,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     if command and not os.path.exists(os.path.join(workdir, "command.txt")):
       workdir_lib.write_atomically(os.path.join(workdir, "command.txt"), command + "\n")
     meta = imitator(config).init_meta(keys(config)["meta"])
+    if config.train.finetune.source:
+      meta = _source_meta(config)
     opt_state = optimizer(config).init(meta)
     ckpt = checkpoint.Checkpoints(workdir)
     try:
@@ -214,8 +236,20 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None,
     return report
 
 
+def _source_meta(config):
+  """The meta-params of train.finetune.source, a run of the same imitator."""
+  source = config.train.finetune.source
+  src_config, meta, _ = load(source)
+  if src_config.imitator.to_dict() != config.imitator.to_dict() or (
+      src_config.acting.to_dict() != config.acting.to_dict()):
+    raise ValueError(f"train.finetune.source={source!r}: a run of another imitator or "
+                     "acting family; fine-tune from the run this config came from.")
+  return meta
+
+
 def _without_resumable(cfg: dict) -> dict:
   cfg = json.loads(json.dumps(cfg))
+  cfg.get("train", {}).setdefault("finetune", {"source": "", "extra": "none", "weight": 0.0})
   for k in ("steps", "log_every", "checkpoint_every"):
     cfg.get("train", {}).pop(k, None)
   return cfg
@@ -256,9 +290,9 @@ def _train(config, workdir, ckpt, meta, opt_state, start, stop_at_step) -> dict:
   return {"status": "finished", "meta": meta}
 
 
-def load(workdir: str):
-  """(config, trained meta-params, untrained meta-params) of a finished or checkpointed
-  acting run; ValueError when the workdir is not one."""
+def load_config(workdir: str):
+  """The config of the acting run in `workdir`, fields added since it was trained set
+  to the values it ran with; ValueError when the workdir is not one."""
   path = os.path.join(workdir, "config.json")
   saved = workdir_lib.read_json(path, "use the workdir of a bandits run") if (
       os.path.exists(path)) else None
@@ -272,7 +306,14 @@ def load(workdir: str):
     saved["acting"]["bandit"].setdefault(k, v)
   saved["acting"].setdefault("networks", "small_mixed")
   saved["train"].setdefault("alone_horizon", saved["acting"]["t_train"])
-  config = ml_collections.ConfigDict(saved)
+  saved["train"].setdefault("finetune", {"source": "", "extra": "none", "weight": 0.0})
+  return ml_collections.ConfigDict(saved)
+
+
+def load(workdir: str):
+  """(config, trained meta-params, untrained meta-params) of a finished or checkpointed
+  acting run; ValueError when the workdir is not one."""
+  config = load_config(workdir)
   untrained = imitator(config).init_meta(keys(config)["meta"])
   ckpt = checkpoint.Checkpoints(workdir)
   try:

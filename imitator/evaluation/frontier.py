@@ -111,11 +111,18 @@ def _ci(v, ci, digits=3):
   return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
+def _labels(result: dict) -> tuple[str, str]:
+  """(fidelity, capability) names of the result's axes: NIE and loss / teacher's, or
+  those an acting frontier sets."""
+  return result.get("fidelity", "NIE"), result.get("capability", "loss / teacher's")
+
+
 def table(result: dict) -> list[str]:
   """Markdown lines of the frontier table."""
+  fid, cap = _labels(result)
   lines = [
-      "| method | lambda / K | NIE teacher-forced | NIE alone | loss / teacher's, "
-      "teacher-forced | loss / teacher's, alone | alone vs source: NIE ratio | alone vs "
+      f"| method | lambda / K | {fid} teacher-forced | {fid} alone | {cap}, "
+      f"teacher-forced | {cap}, alone | alone vs source: {fid} ratio | alone vs "
       "source: capability gain |",
       "|---|---|---|---|---|---|---|---|"]
   for p in result["points"]:
@@ -138,13 +145,14 @@ def markdown(result: dict, every_pair: bool = True) -> str:
   fine-tuning is better where, paired (a count per mode, and with `every_pair` each
   pair where one is better)."""
   mult, obs = result.get("multiple"), result.get("observe")
+  fid, cap = _labels(result)
   reused = (f", {result['reused']} of its {result['runs']} fine-tuning runs complete "
             "already" if result.get("reused") else "")
   lines = [f"`{result.get('command', '(no command recorded)')}` ({result.get('seconds')} s "
            f"here{reused}; {result['n_teachers']} held-out teachers; figures over the last T_train "
            f"steps of {mult} x T_train, teacher-forced and alone after {obs} steps; "
            "fine-tuned for "
-           f"{result.get('steps')} outer steps from the source imitator; loss / teacher's "
+           f"{result.get('steps')} outer steps from the source imitator; {cap} "
            "below 1: more capable than the teacher; versus source: paired):", ""]
   lines += table(result)
   found = result["dominance"]
@@ -169,15 +177,15 @@ def markdown(result: dict, every_pair: bool = True) -> str:
         f"axes), outcome in {len(wins['outcome'])} "
         f"({sum(d['strict'] for d in wins['outcome'])} on both), the others trade or tie; "
         f"e.g. process lambda={best['process']:g} vs outcome lambda={best['outcome']:g}: "
-        f"NIE ratio process/outcome {_ci(best['nie_ratio'], best['nie_ratio_ci'])}, loss "
-        f"ratio {_ci(best['loss_ratio'], best['loss_ratio_ci'])}.")
+        f"{fid} ratio process/outcome {_ci(best['nie_ratio'], best['nie_ratio_ci'])}, "
+        f"{cap.split(' /')[0]} ratio {_ci(best['loss_ratio'], best['loss_ratio_ci'])}.")
   if every_pair:
     for d in found:
       lines.append(
           f"  - {d['mode']}: process lambda={d['process']:g} vs outcome lambda="
           f"{d['outcome']:g}: {d['better']} is better{' on both axes' if d['strict'] else ''}"
-          f" (NIE ratio process/outcome {_ci(d['nie_ratio'], d['nie_ratio_ci'])}, loss "
-          f"ratio {_ci(d['loss_ratio'], d['loss_ratio_ci'])}).")
+          f" ({fid} ratio process/outcome {_ci(d['nie_ratio'], d['nie_ratio_ci'])}, "
+          f"{cap.split(' /')[0]} ratio {_ci(d['loss_ratio'], d['loss_ratio_ci'])}).")
   return "\n".join(lines) + "\n"
 
 
@@ -197,6 +205,7 @@ def plot(result: dict, path: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fid, cap = _labels(result)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   source = next(p for p in result["points"] if p["name"] == SOURCE)
   for ax, mode in zip(axes, MODES):
@@ -217,8 +226,8 @@ def plot(result: dict, path: str) -> None:
     ax.scatter([source[mode]["loss_ratio"]], [source[mode]["nie"]], color="k", zorder=5,
                label="imitator (source)")
     ax.axvline(1.0, color="gray", lw=0.6, ls=":")
-    ax.set_xlabel("task loss / teacher's (lower: more capable)")
-    ax.set_ylabel("NIE (lower: more faithful)")
+    ax.set_xlabel(f"{cap} (lower: more capable)")
+    ax.set_ylabel(f"{fid} (lower: more faithful)")
     ax.set_title("teacher-forced" if mode == "forced" else "alone after the cut",
                  fontsize=9)
     ax.legend(fontsize=7)

@@ -31,6 +31,7 @@ from imitator.runtime import workdir as workdir_lib
 from learners import learner, rollout, streams
 
 EXTRAS = ("none", "outcome", "process")
+LEARNING_RATE = 1e-2  # launch.finetune's default peak meta step size
 # The overseer picks its trusted learner among this many family members, by mean task
 # loss over this many streams of the training horizon (validation's key, not training's).
 OVERSEER_CANDIDATES = 64

@@ -42,7 +42,9 @@ def get_config(arg=None):
       # teacher-forced fidelity for no alone fidelity); contextual ones need 200 (with
       # 100 their alone KL doubles at 16 x): BUILD_NOTES, "Teachers that act"
       alone_horizon=200 if "contextual" in words else 100,
-      log_every=100, checkpoint_every=500))
+      log_every=100, checkpoint_every=500,
+      # set by launch.finetune: the run fine-tuned, the extra term and its weight
+      finetune=ml_collections.ConfigDict(dict(source="", extra="none", weight=0.0))))
   config.eval = ml_collections.ConfigDict(dict(
       teachers=128, horizons=[1, 2, 16, 1024], mle_steps=300, mle_restarts=8))
   if "smoke" in words:
