@@ -18,5 +18,6 @@ from `learners`), never from `launch` (tests/test_imports.py checks it):
 - `decay`: the decay experiment (its tasks, cells, fits, sweep and report).
 - `acting`: imitators of acting teachers (choices on bandits): the recurrent imitator,
   closed-loop evaluation beside the shadow teacher, the per-subject maximum-likelihood
-  reference, recorded choices, and their own `train_and_evaluate`.
+  reference, recorded choices, fine-tuning on reward or an overseer's learner and its
+  frontier, and their own `train_and_evaluate`.
 """

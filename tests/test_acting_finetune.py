@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from imitator.acting import agents, closed_loop, finetune, train
+from imitator.training import finetune as supervised
 from launch.configs import bandits
 from learners import acting, environments
 
@@ -75,15 +76,15 @@ def test_outcome_gradient_is_the_gradient_of_the_expected_reward():
       return total
     return value(im.init(m), 0)
 
-  g_hat = jax.grad(estimate)(meta)
-  g = jax.grad(expected)(meta)
+  g_hat = jax.jit(jax.grad(estimate))(meta)
+  g = jax.jit(jax.grad(expected))(meta)
   flat = lambda tree: np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree)])
   err = np.linalg.norm(flat(g_hat) - flat(g)) / np.linalg.norm(flat(g))
   assert err < 0.08, err
   # Without the score-function term of later rewards the gradient misses: the check can
   # fail when that term is wrong.
-  immediate = jax.grad(lambda m: jnp.sum(jnp.exp(closed_loop.trial_outputs(
-      fam, hp, im, m, tables, cut)["log_policy_alone"]) * tables.p) / n)(meta)
+  immediate = jax.jit(jax.grad(lambda m: jnp.sum(jnp.exp(closed_loop.trial_outputs(
+      fam, hp, im, m, tables, cut)["log_policy_alone"]) * tables.p) / n))(meta)
   assert np.linalg.norm(flat(immediate) - flat(g)) / np.linalg.norm(flat(g)) > 3 * err
 
 
@@ -125,6 +126,7 @@ def test_voting_copies_act_as_the_member_and_voting_averages_policies():
 
 
 def test_bad_finetuning_settings_are_refused():
+  assert finetune.EXTRAS == supervised.EXTRAS  # one launch.finetune flag for both
   config = bandits.get_config("smoke")
   with pytest.raises(ValueError, match="--extra='reward'"):
     finetune.run_config(config, "/tmp/w", "reward", 1.0, 10, 1e-3)

@@ -156,7 +156,9 @@ def test_objective_on_seen_trials_is_the_nll_of_the_recorded_history():
   im = train.imitator(config)
   meta = im.init_meta(jax.random.key(1))
   t = config.acting.t_train
-  total, parts = train.loss_fn(config, meta, hp, tables, jnp.full((4,), t))
+  loss_fn = jax.jit(lambda cut, alone=True: train.loss_fn(config, meta, hp, tables, cut,
+                                                          alone), static_argnums=1)
+  total, parts = loss_fn(jnp.full((4,), t))
   loss = total / (parts["seen"] + parts["alone"])
   traj = acting.population_rollout(fam, hp, tables)
   lp = jax.vmap(lambda c, r: agents.log_policies(im, meta, c, r))(traj.choice, traj.reward)
@@ -165,10 +167,10 @@ def test_objective_on_seen_trials_is_the_nll_of_the_recorded_history():
   assert float(loss) == pytest.approx(want, rel=1e-5)
   assert float(parts["nll_seen"]) / float(parts["seen"]) == pytest.approx(want, rel=1e-5)
   # All seen: skipping the alone tracks changes nothing.
-  total_seen, _ = train.loss_fn(config, meta, hp, tables, jnp.full((4,), t), alone=False)
+  total_seen, _ = loss_fn(jnp.full((4,), t), False)
   assert float(total_seen) == pytest.approx(float(total), rel=1e-6)
   # Cut at 0: every trial is scored alone, against the shadow teacher.
-  total0, parts0 = train.loss_fn(config, meta, hp, tables, jnp.zeros((4,), jnp.int32))
+  total0, parts0 = loss_fn(jnp.zeros((4,), jnp.int32))
   assert int(parts0["seen"]) == 0
   assert float(total0) == pytest.approx(float(parts0["kl_alone"]), rel=1e-6)
   assert float(total0) / int(parts0["alone"]) != pytest.approx(float(loss), rel=1e-3)

@@ -43,7 +43,8 @@ def _unroll(im, meta, stream, a, seen):
 
 
 @pytest.mark.parametrize("kind,task", [
-    ("gradient", "regression"), ("recurrent", "classification"),
+    pytest.param("gradient", "regression", marks=pytest.mark.slow),
+    ("recurrent", "classification"),
     pytest.param("gradient", "classification", marks=pytest.mark.slow),
     pytest.param("recurrent", "regression", marks=pytest.mark.slow)])
 def test_copies_are_the_member_and_members_pool_by_their_mean(kind, task):

@@ -136,7 +136,8 @@ def test_linear_self_attention_with_von_oswald_weights_is_one_gd_step():
 @pytest.mark.parametrize("arch", [pytest.param("transformer", marks=pytest.mark.slow),
                                   pytest.param("linear_transformer", marks=pytest.mark.slow),
                                   "recurrent"])
-@pytest.mark.parametrize("task,out", [("regression", 1), ("classification", 3)])
+@pytest.mark.parametrize("task,out", [
+    pytest.param("regression", 1, marks=pytest.mark.slow), ("classification", 3)])
 def test_in_context_parallel_unroll_equals_stepwise(arch, task, out):
   B, L = 2, 9
   im = InContextImitator(task=task, x_shape=(5,), out_dim=out, arch=arch, d_model=16,

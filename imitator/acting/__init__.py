@@ -1,1 +1,2 @@
-"""Imitating acting teachers: choices, closed-loop evaluation, references."""
+"""Imitating acting teachers: choices, closed-loop evaluation, references, fine-tuning
+and its fidelity/capability frontier."""

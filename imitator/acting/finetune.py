@@ -30,10 +30,11 @@ import numpy as np
 
 from imitator import metrics
 from imitator.acting import closed_loop
-from imitator.training import finetune as supervised
 from learners import acting
 
-EXTRAS = supervised.EXTRAS
+# The supervised imitators' extras (imitator.training.finetune, a layer this one may not
+# import), with the meanings of the module docstring.
+EXTRAS = ("none", "outcome", "process")
 # The trusted learner: the best mean reward among this many members drawn from the
 # family's prior, on this many bandits of the alone horizon (the evaluation key's
 # branch 3: neither training's nor the held-out teachers' bandits).
