@@ -44,6 +44,7 @@ def test_discounted_future_is_the_later_unseen_rewards_discounted():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_outcome_gradient_is_the_gradient_of_the_expected_reward():
   """The mean over many closed loops of the outcome term's gradient (discount 1) against
   d/dmeta E[sum_t r_t], with E summed over every choice and reward sequence."""

@@ -105,7 +105,7 @@ def _contextual_teachers(p, horizon, preset="small_mixed", seed=3):
       jax.random.split(jax.random.fold_in(key, 1), p))
 
 
-@pytest.mark.parametrize("contextual", [False, True])
+@pytest.mark.parametrize("contextual", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_windowed_rollout_equals_a_trial_by_trial_loop(contextual):
   if contextual:
     fam, hp, tables = _contextual_teachers(3, 15)

@@ -303,8 +303,8 @@ def finite_rollouts(fam, hp, keys, stream):
 
 
 # sgd_mlp stays in the default suite as the representative (the suite's time budget).
-SLOW_PRESETS = ("mixed", "small_mixed", "continual_mlp", "adam_mlp", "optimizers_mlp",
-                "optimizers_linear", "sgd_linear", "beyond_gradient")
+SLOW_PRESETS = ("sgd_mlp", "mixed", "small_mixed", "continual_mlp", "adam_mlp",
+                "optimizers_mlp", "optimizers_linear", "sgd_linear", "beyond_gradient")
 
 
 @pytest.mark.parametrize("name", [

@@ -126,6 +126,7 @@ def test_overseer_trusts_the_candidate_with_the_lowest_task_loss(monkeypatch):
     np.testing.assert_array_equal(chosen[f], hp[f][best])
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_finetuning_step_trains_the_imitator_only_and_the_config_is_checked(tmp_path):
   config = default.get_config("smoke")
   source = conftest.untrained_workdir(str(tmp_path / "source"), config)
