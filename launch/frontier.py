@@ -2,6 +2,7 @@
 
     python -m launch.frontier --workdir=runs/default
     python -m launch.frontier --workdir=runs/default --lambdas=0.3,1,3 --ensemble=runs/seed1,runs/seed2,runs/seed3
+    python -m launch.frontier --workdir=runs/bandits --ensemble=runs/bandits_seed1,runs/bandits_seed2
 
 Fine-tunes W's imitator for each --extras x --lambdas (`launch.finetune`'s runs, into
 W/finetune/<extra>_<lambda>; a run already complete is reused, an interrupted one
@@ -11,6 +12,10 @@ fine-tuned one and the ensembles of W with the first K - 1 --ensemble workdirs (
 teacher-forced and alone after T_train: W/frontier/frontier.json, frontier.md (the
 table) and frontier.png (`imitator.evaluation.frontier`). SIGTERM/SIGINT exit 143/130
 naming what is kept: finished fine-tuning runs are complete workdirs.
+
+On an acting run (`launch/configs/bandits.py`) the fine-tuning is `imitator.acting.
+finetune`'s and the figures `imitator.acting.frontier`'s: KL for fidelity, expected
+regret over the teacher's for capability, voting by the mean of the members' policies.
 """
 
 from imitator.runtime import signals

@@ -143,7 +143,7 @@ def test_overseer_is_the_best_rewarded_candidate():
   config = bandits.get_config("smoke")
   fam, bandit = train.family(config), train.bandit(config, 1)
   key = jax.random.key(3)
-  member = finetune.overseer_member(config, fam, bandit, key)
+  member = finetune.overseer_member(fam, bandit, key)
   k_hp, k_env = jax.random.split(key)
   hp = fam.sample(k_hp, finetune.OVERSEER_CANDIDATES)
   envs = jax.random.split(k_env, finetune.OVERSEER_BANDITS)

@@ -67,8 +67,8 @@ def trial(family, hp, agents, params, carry: Carry, row: environments.Tables, cu
   `log_policy_alone` [K], `choice_alone`, `reward_alone` and teacher `nll_true`,
   `counts` [7], `regret`, `seen`. kl_alone is 0 on seen trials, where counts_alone,
   choice_alone and reward_alone are the teacher's. Regret is expected: the best arm's
-  reward probability minus the policy's expected reward. `with_alone=False` (static) promises every trial is seen: the alone tracks are
-  not computed."""
+  reward probability minus the policy's expected reward. `with_alone=False` (static)
+  promises every trial is seen: the alone tracks are not computed."""
   seen = carry.t < cut
   pi = family.policy_at(hp, carry.teacher, row.x)
   c = environments.choose(pi, row.v)

@@ -47,7 +47,7 @@ DISCOUNT = 0.9
 LEARNING_RATE = 1e-3
 
 
-def overseer_member(config, fam, bandit, key) -> dict:
+def overseer_member(fam, bandit, key) -> dict:
   """{field: scalar} hyperparams of the member of `fam` with the highest mean reward on
   OVERSEER_BANDITS bandits (`bandit`: an environments.Bandit) among OVERSEER_CANDIDATES
   drawn from the prior."""
@@ -66,7 +66,6 @@ def overseer_member(config, fam, bandit, key) -> dict:
   member = {f: v[best] for f, v in hp.items()}
   logging.info("the overseer trusts member %d of %s (reward rate %.3f; the candidates' "
                "median %.3f)", best, fam.name, reward[best], np.nanmedian(reward))
-  del config
   return member
 
 

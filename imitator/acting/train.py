@@ -20,6 +20,9 @@ Bayes limit) and the per-teacher maximum-likelihood fit of the value learner on 
 observed trials (`mle`), KL(teacher || agent); alone: KL(shadow || agent) and the
 behaviour (reward rate, switch rate, win-stay, lose-shift) beside the teacher's own.
 Agents: the trained imitator, the same imitator untrained, and the fitted value model.
+
+With train.finetune set (`launch.finetune`) it starts from the source run's meta-params
+and adds weight x the extra term of `acting.finetune` to the objective.
 """
 
 from __future__ import annotations
@@ -143,8 +146,9 @@ def loss_fn(config, meta, hp, tables, cut, alone: bool = True, overseer=None):
   sums {nll_seen, kl_alone, extra, seen, alone} (trial counts too); `alone=False`
   (static) when every cut is T; `overseer` the trusted learner's hyperparams (process)."""
   ft = config.train.finetune
-  imitation, extra, seen = finetune.extra_terms(ft.extra, family(config), hp, imitator(config),
-                                          meta, tables, cut, overseer, alone)
+  imitation, extra, seen = finetune.extra_terms(ft.extra, family(config), hp,
+                                                imitator(config), meta, tables, cut,
+                                                overseer, alone)
   total = jnp.sum(imitation) + ft.weight * jnp.sum(extra)
   return total, {"nll_seen": jnp.sum(jnp.where(seen, imitation, 0)),
                  "kl_alone": jnp.sum(jnp.where(seen, 0, imitation)),
@@ -156,7 +160,7 @@ def overseer(config):
   chosen on bandits of the alone horizon from the evaluation key's branch 3."""
   if config.train.finetune.extra != "process":
     return None
-  return finetune.overseer_member(config, family(config),
+  return finetune.overseer_member(family(config),
                                   bandit(config, 1, config.train.alone_horizon),
                                   jax.random.fold_in(keys(config)["eval"], 3))
 
