@@ -23,7 +23,8 @@ from imitator.runtime import signals
 if __name__ == "__main__":
   signals.install()  # before the heavy imports: from here on no signal is lost
 
-import os  # pylint: disable=wrong-import-position
+import hashlib  # pylint: disable=wrong-import-position
+import os
 import shlex
 import sys
 import time
@@ -83,6 +84,32 @@ def _finish(result, source, started, extras) -> None:
   print(f"frontier: {os.path.abspath(out_dir)} ({result['seconds']} s)", flush=True)
 
 
+def _source_digest(source: str) -> str:
+  """What identifies W's training as it is now: its config.json and metrics.jsonl."""
+  h = hashlib.sha256()
+  for name in ("config.json", "metrics.jsonl"):
+    path = os.path.join(source, name)
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()[:16]
+
+
+def _from_this_source(source: str, out: str, digest: str) -> None:
+  """Refuses a fine-tuning run made from an earlier training of W (retrained or trained
+  further since); marks a new or unmarked one as made from W as it is."""
+  path = os.path.join(out, "source_digest.txt")
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read().strip() != digest:
+        raise ValueError(f"{out} was fine-tuned from an earlier training of {source} (its "
+                         "config.json or metrics.jsonl changed since): remove "
+                         f"{os.path.join(source, 'finetune')} to start over.")
+    return
+  os.makedirs(out, exist_ok=True)
+  workdir_lib.write_atomically(path, digest + "\n")
+
+
 def _checked(result, out) -> bool:
   """Whether a fine-tuning run was complete already; exits or raises when it did not
   finish."""
@@ -93,7 +120,7 @@ def _checked(result, out) -> bool:
   return result["status"] == "complete"
 
 
-def _acting(source, runs, started) -> None:
+def _acting(source, runs, started, digest) -> None:
   """The frontier of an acting run: fine-tuning runs, then `acting.frontier` figures of
   W's imitator, the fine-tuned ones and voting ensembles of W with --ensemble runs."""
   base = acting_train.load_config(source)
@@ -103,6 +130,7 @@ def _acting(source, runs, started) -> None:
   for extra, weight in runs:
     config = acting_finetune.run_config(base, source, extra, weight, _STEPS.value, lr)
     out = finetune.out_dir(source, extra, weight)
+    _from_this_source(source, out, digest)
     with signals.interruptible():
       result = acting_train.train_and_evaluate(config, out, command=_command(
           source, extra, weight, lr))
@@ -145,14 +173,16 @@ def main(argv):
     raise ValueError(f"--extras={','.join(extras)}: allowed are outcome and process.")
   runs = [("none", 0.0)] + [(e, w) for e in extras for w in _lambdas(_LAMBDAS.value)]
   started = time.time()
+  digest = _source_digest(source)
   if "acting" in (workdir_lib.read_saved_config(source) or {}):
-    return _acting(source, runs, started)
+    return _acting(source, runs, started, digest)
   lr = _LEARNING_RATE.value or finetune.LEARNING_RATE
   metas, points, reused = {}, [], 0
   for extra, weight in runs:
     config = finetune.run_config(source, default.get_config(), extra, weight,
                                  _STEPS.value, lr)
     out = finetune.out_dir(source, extra, weight)
+    _from_this_source(source, out, digest)
     with signals.interruptible():
       result = train.train_and_evaluate(config, out, command=_command(
           source, extra, weight, lr))

@@ -184,3 +184,11 @@ def test_acting_frontier_end_to_end(tmp_path):
       jax.tree.leaves(source), jax.tree.leaves(tuned)))
   assert 0 < diff < 0.1
   assert os.path.exists(os.path.join(work, "frontier", "frontier.png"))
+  # Trained further since: its fine-tuning runs are not reused, and the error says so.
+  with open(os.path.join(work, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": 5, "loss": 0.5}) + "\n")
+  again = subprocess.run([sys.executable, "-m", "launch.frontier", f"--workdir={work}",
+                          "--steps=3", "--lambdas=10", "--multiple=4"],
+                         env=env, capture_output=True, text=True)
+  assert again.returncode == 2, again.stderr[-2000:]
+  assert "earlier training" in again.stderr + again.stdout
