@@ -218,6 +218,7 @@ def test_bad_acting_config_is_refused_naming_the_field():
     train.check(config)
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_recorded_choices_scored_after_the_watched_part(tmp_path):
   fam, hp, tables = _teachers(("q_learning",), 5, 200, seed=7)
   traj = acting.population_rollout(fam, hp, tables)

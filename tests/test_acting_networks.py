@@ -72,6 +72,7 @@ def test_sgd_linear_member_against_numpy_q_learning():
   assert checked == 4 * T
 
 
+@pytest.mark.slow  # default suite budget; .ci/run runs it
 def test_mixed_network_population_acts_and_learns_in_one_vmap():
   fam = acting_networks.NetworkActingFamily(arms=2, features=D, preset="small_mixed")
   hp = fam.sample(jax.random.key(2), 16)

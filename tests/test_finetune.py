@@ -33,7 +33,8 @@ def _data():
   return keys, xs, ys, as_, jax.random.normal(jax.random.key(9), as_.shape)
 
 
-@pytest.mark.parametrize("observe", [pytest.param(None, marks=pytest.mark.slow), 5])
+@pytest.mark.slow  # default suite budget; .ci/run runs it
+@pytest.mark.parametrize("observe", [None, 5])
 def test_extra_term_adds_weight_times_its_divergence_and_leaves_observation(observe):
   """loss_and_grads with b and weight w is the value and gradient of a hand-written
   mean D(a, a_hat) + w mean D(b, a_hat), a_hat from the imitator observing a (not b)."""
