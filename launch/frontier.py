@@ -110,14 +110,28 @@ def _from_this_source(source: str, out: str, digest: str) -> None:
   workdir_lib.write_atomically(path, digest + "\n")
 
 
-def _checked(result, out) -> bool:
-  """Whether a fine-tuning run was complete already; exits or raises when it did not
-  finish."""
-  if result["status"] == "preempted":
-    cli.exit_interrupted(f"interrupted: {result['message']}", 143)
-  if result["status"] not in ("finished", "complete"):
-    raise ValueError(f"fine-tuning {out} ended {result['status']}: {result['message']}")
-  return result["status"] == "complete"
+def _finetuned(source, runs, digest, started, lr, make_config, train_fn):
+  """Runs (or reuses) the fine-tuning of W for each (extra, weight): ({name: workdir},
+  their frontier points, how many were complete already); exits or raises when one did
+  not finish. `make_config(extra, weight)` -> its config; `train_fn` trains a config."""
+  outs, points, reused = {}, [], 0
+  for extra, weight in runs:
+    config = make_config(extra, weight)
+    out = finetune.out_dir(source, extra, weight)
+    _from_this_source(source, out, digest)
+    with signals.interruptible():
+      result = train_fn(config, out, command=_command(source, extra, weight, lr))
+    if result["status"] == "preempted":
+      cli.exit_interrupted(f"interrupted: {result['message']}", 143)
+    if result["status"] not in ("finished", "complete"):
+      raise ValueError(f"fine-tuning {out} ended {result['status']}: {result['message']}")
+    reused += result["status"] == "complete"
+    logging.info("%s: %s (%.0f s so far)", out, result["status"], time.time() - started)
+    name = f"{extra}/{weight:g}"
+    outs[name] = out
+    points.append({"name": name, "method": "imitation" if extra == "none" else extra,
+                   "lambda": weight})
+  return outs, points, reused
 
 
 def _acting(source, runs, started, digest) -> None:
@@ -125,20 +139,12 @@ def _acting(source, runs, started, digest) -> None:
   W's imitator, the fine-tuned ones and voting ensembles of W with --ensemble runs."""
   base = acting_train.load_config(source)
   lr = _LEARNING_RATE.value or acting_finetune.LEARNING_RATE
-  candidates, points, reused = {}, [], 0
+  outs, points, reused = _finetuned(
+      source, runs, digest, started, lr,
+      lambda e, w: acting_finetune.run_config(base, source, e, w, _STEPS.value, lr),
+      acting_train.train_and_evaluate)
   im = acting_train.imitator(base)
-  for extra, weight in runs:
-    config = acting_finetune.run_config(base, source, extra, weight, _STEPS.value, lr)
-    out = finetune.out_dir(source, extra, weight)
-    _from_this_source(source, out, digest)
-    with signals.interruptible():
-      result = acting_train.train_and_evaluate(config, out, command=_command(
-          source, extra, weight, lr))
-    reused += _checked(result, out)
-    name = f"{extra}/{weight:g}"
-    candidates[name] = (im, acting_train.load(out)[1])
-    points.append({"name": name, "method": "imitation" if extra == "none" else extra,
-                   "lambda": weight})
+  candidates = {name: (im, acting_train.load(out)[1]) for name, out in outs.items()}
   members = [acting_train.load(source)[1]]
   for w in [w.strip() for w in _ENSEMBLE.value if w.strip()]:
     config, meta, _ = acting_train.load(w)
@@ -177,21 +183,11 @@ def main(argv):
   if "acting" in (workdir_lib.read_saved_config(source) or {}):
     return _acting(source, runs, started, digest)
   lr = _LEARNING_RATE.value or finetune.LEARNING_RATE
-  metas, points, reused = {}, [], 0
-  for extra, weight in runs:
-    config = finetune.run_config(source, default.get_config(), extra, weight,
-                                 _STEPS.value, lr)
-    out = finetune.out_dir(source, extra, weight)
-    _from_this_source(source, out, digest)
-    with signals.interruptible():
-      result = train.train_and_evaluate(config, out, command=_command(
-          source, extra, weight, lr))
-    reused += _checked(result, out)
-    logging.info("%s: %s (%.0f s so far)", out, result["status"], time.time() - started)
-    name = f"{extra}/{weight:g}"
-    metas[name] = out
-    points.append({"name": name, "method": "imitation" if extra == "none" else extra,
-                   "lambda": weight})
+  metas, points, reused = _finetuned(
+      source, runs, digest, started, lr,
+      lambda e, w: finetune.run_config(source, default.get_config(), e, w, _STEPS.value,
+                                       lr),
+      train.train_and_evaluate)
   exp = experiment.Experiment(finetune.run_config(source, default.get_config(), "none",
                                                   0.0, 1, 1e-3))
   meta = evaluate.restore_meta(exp, source)
