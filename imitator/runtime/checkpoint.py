@@ -124,7 +124,9 @@ class Checkpoints:
     fallback = best and step is None  # an unreadable best/ falls back to checkpoints/
     for s in candidates:
       try:
-        info = mngr.restore(s, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info
+        with signals.deferred("restore"):
+          info = mngr.restore(s, args=ocp.args.Composite(
+              info=ocp.args.JsonRestore())).info
         saved = info["shapes"]
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(mngr, s, e, explicit=step is not None, quiet=fallback)
@@ -135,8 +137,9 @@ class Checkpoints:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
       try:
         _check_readable(epath.Path(mngr.directory) / str(s) / "state")
-        state = mngr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract))).state
+        with signals.deferred("restore"):
+          state = mngr.restore(s, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract))).state
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(mngr, s, e, explicit=step is not None, quiet=fallback)
         continue

@@ -7,6 +7,7 @@ raised died in foreign code (a coroutine orbax closes, a __del__, an asyncio cal
       ...; check("restore") ...
     with polled():       # the training loop: record only, polled with received()
     with uninterrupted():  # writing a file: held back until it is whole
+    with deferred("restore"):  # reading: held back until done, then raised as usual
 
 Only the standard library here: entry points import this before anything heavy.
 """
@@ -147,6 +148,19 @@ def polled():
   training loop stops at a step boundary, with its checkpoint written."""
   with _handlers(raising=False):
     yield
+
+
+@contextlib.contextmanager
+def deferred(phase: str | None = None):
+  """Holds `Interrupted` back while the block runs (a checkpoint read whose event loop
+  and I/O threads a raise inside would tear apart mid-flight), then raises it for
+  `phase` as `check` does."""
+  _STATE["deferring"] += 1
+  try:
+    yield
+  finally:
+    _STATE["deferring"] -= 1
+  check(phase)
 
 
 @contextlib.contextmanager
