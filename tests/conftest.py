@@ -33,24 +33,29 @@ def pytest_collection_modifyitems(config, items):
 # (to a new worker, or to the other one if it is idle first); its first crash is reported
 # as a rerun, so that run decides the outcome.
 # A second crash of the same test fails it, and so does any crash past the session's budget
-# (far below xdist's worker-restart limit, after which re-queued tests would not run).
+# (far below xdist's worker-restart limit, after which re-queued tests would not run); a
+# failed crash item is taken out of the queue, or xdist would run it again and again
+# until the worker-restart limit (tests/test_conftest.py).
 CRASH_RERUNS = 2
 _crashed = collections.Counter()
 
 
-def _requeued(sched, nodeid: str) -> bool:
-  """Whether the scheduler will run `nodeid` again: it is pending in a queued work unit
-  or in one already handed to a worker."""
+def _pending_units(sched, nodeid: str) -> list:
+  """The work units (queued, or handed to a worker) in which the scheduler will run
+  `nodeid` again."""
   units = list(getattr(sched, "workqueue", {}).values())
   units += [u for work in getattr(sched, "assigned_work", {}).values() for u in work.values()]
-  return any(nodeid in unit and not unit[nodeid] for unit in units)
+  return [unit for unit in units if nodeid in unit and not unit[nodeid]]
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_handlecrashitem(crashitem, report, sched):
-  requeued = _requeued(sched, crashitem)
-  if requeued and not _crashed[crashitem] and sum(_crashed.values()) < CRASH_RERUNS:
+  units = _pending_units(sched, crashitem)
+  if units and not _crashed[crashitem] and sum(_crashed.values()) < CRASH_RERUNS:
     report.outcome = "rerun"
+  else:
+    for unit in units:  # loadscope's units map nodeid -> completed
+      unit[crashitem] = True
   _crashed[crashitem] += 1
 
 
