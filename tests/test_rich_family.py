@@ -85,3 +85,16 @@ def test_small_meta_training_on_mixed_beats_context_only(tmp_path):
   (ratio,) = [c for c in battery["comparisons"] if c["versus"] == "context_only"]
   assert ratio["n_teachers"] >= 64
   assert ratio["nie_ratio_ci"][1] < 1.0, ratio
+
+
+def test_mixed_config_with_an_architecture_is_in_context_trained_as_in_context_py():
+  from launch.configs import in_context, mixed
+  got, ref = mixed.get_config("transformer"), in_context.get_config("transformer")
+  assert (got.family.name, got.imitator.kind, got.imitator.in_context.arch) == (
+      "mixed", "in_context", "transformer")
+  for field in ("steps", "truncation", "free_running"):
+    assert got.train[field] == ref.train[field], field
+  assert got.imitator.in_context == ref.imitator.in_context
+  assert mixed.get_config().imitator.kind == "gradient"
+  with pytest.raises(ValueError, match="pick one architecture"):
+    mixed.get_config("recurrent,transformer")

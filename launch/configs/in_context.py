@@ -18,11 +18,20 @@ from launch.configs import default
 def get_config(arg=None):
   words = default.parse_arg(arg, ARCHS + ("smoke",))
   config = default.get_config()
-  config.imitator.kind = "in_context"
   archs = [w for w in words if w in ARCHS]
   if len(archs) > 1:
     raise ValueError(f"pick one architecture, not {sorted(archs)}.")
-  config.imitator.in_context.arch = archs[0] if archs else "recurrent"
+  use_in_context(config, archs[0] if archs else "recurrent")
+  if "smoke" in words:
+    default.shrink_to_smoke(config)
+  return config
+
+
+def use_in_context(config, arch: str) -> None:
+  """Makes `config`'s imitator the in-context kind with architecture `arch`, trained
+  free-running throughout (also `mixed.py:recurrent` and `mixed.py:transformer`)."""
+  config.imitator.kind = "in_context"
+  config.imitator.in_context.arch = arch
   # Sized for a CPU: attention cost grows with d_model and the horizon.
   config.imitator.in_context.d_model = 32
   config.train.steps = 600
@@ -32,6 +41,3 @@ def get_config(arg=None):
   config.train.free_running.update(fraction=0.5, observe_min=16, observe_max=128,
                                    horizon=256, start_fraction=0.0)
   config.train.truncation = 64
-  if "smoke" in words:
-    default.shrink_to_smoke(config)
-  return config

@@ -11,16 +11,22 @@ discrete member (32 here) and infers the continuous hyperparams and the weights.
         --config.imitator.kind=system_id
     python -m launch.train --config=launch/configs/mixed.py:smoke --workdir=/tmp/mixed
     python -m launch.train --config=launch/configs/mixed.py:large --workdir=runs/mixed_large
+    python -m launch.train --config=launch/configs/mixed.py:recurrent --workdir=runs/mixed_recurrent
+    python -m launch.train --config=launch/configs/mixed.py:transformer \\
+        --workdir=runs/mixed_transformer
 
 `:large` is sized for one GPU or a TPU slice (more teachers per step, the horizon of the
-main job, more outer steps); `:smoke` runs in seconds for tests.
+main job, more outer steps); `:smoke` runs in seconds for tests; `:recurrent`,
+`:transformer` (or any architecture of `in_context.py`) make the imitator the
+in-context kind, trained as `in_context.py` trains it.
 """
 
-from launch.configs import default
+from imitator.kinds.in_context import ARCHS
+from launch.configs import default, in_context
 
 
 def get_config(arg=None):
-  words = default.parse_arg(arg, ("smoke", "large"))
+  words = default.parse_arg(arg, ("smoke", "large") + ARCHS)
   config = default.get_config()
   config.stream.batch = 4
   config.stream.horizon = 64
@@ -42,6 +48,11 @@ def get_config(arg=None):
   config.train.warmup_steps = 10
   config.train.learning_rate = 1e-2
   config.eval.val_teachers = 32
+  archs = [w for w in words if w in ARCHS]
+  if len(archs) > 1:
+    raise ValueError(f"pick one architecture, not {sorted(archs)}.")
+  if archs:
+    in_context.use_in_context(config, archs[0])
   if "large" in words:
     config.stream.horizon = 128
     config.train.steps = 2000
