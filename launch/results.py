@@ -250,7 +250,7 @@ def kind_tables(runs: list) -> list:
     having = [run for run in runs if any(r["shift"] == shift and "nie_by_kind" in r
                                          for r in (run["report"] or {}).get("results", []))]
     head = ["kind"] + [f"{label(run)} on {family(run)}: forced / alone" for run in having] \
-        + [f"untrained on {family(run)}: forced / alone" for run in having]
+        + [f"untrained {label(run)} on {family(run)}: forced / alone" for run in having]
     lines += ["", f"Shift `{shift}`, NIE against the {ref} chance reference at "
               f"{metrics.HORIZON_MULTIPLES[-1]}x T_train, teacher-forced / alone after "
               "T_train steps [95% CI over that kind's teachers]; runs: "

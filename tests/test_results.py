@@ -180,6 +180,7 @@ def test_kind_table_reads_each_kinds_figures_teacher_forced_and_alone(tmp_path):
          "/ 0.700 [0.690, 0.710] |" in text
   assert "| knn | 1.100 [1.090, 1.110] / 1.600 [1.590, 1.610] |" in text
   assert "against the family chance reference" in text
+  assert "| untrained gradient on beyond_gradient: forced / alone |" in text
   assert results.kind_tables([results.load(str(tmp_path / "nothing"))]) == []
 
 
