@@ -23,7 +23,8 @@ Sections:
   reference learners, at their initial meta-params): the streaming co-rollout
   (`imitator.rollout.co_rollout`) timed, and beside it the materialized battery (teachers rolled
   out over the whole horizon, then the imitators), timed at 16 x and compiled only
-  beyond, for its memory.
+  beyond, for its memory. `streamed_two_cuts` (16 x): teacher-forced and alone after
+  T_train in one co-rollout against one co-rollout per cut (`speedup`).
 FLOPs are counted analytically (`rollout_flops`); memory is the compiled step's buffer
 assignment (arguments + outputs + temporaries - donated aliases), XLA's own account of
 what the step needs at its peak.
@@ -255,7 +256,7 @@ def eval_horizon_rows(quick: bool):
     co_rollout.co_rollout(*args)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    sums = co_rollout.co_rollout(*args)
+    sums = co_rollout.co_rollout(*args)[None]
     seconds = time.perf_counter() - start
     yield {**common, "mode": "streamed", "seconds": seconds, "compile_s": first - seconds,
            "peak_memory_mb": co_rollout.call_memory_mb(*args),
@@ -272,6 +273,17 @@ def eval_horizon_rows(quick: bool):
       seconds = time.perf_counter() - start
     yield {**common, "mode": "materialized", "seconds": seconds, "compile_s": compile_s,
            "peak_memory_mb": _peak_mb(compiled)}
+    if multiple == min(EVAL_MULTIPLES) or quick:
+      # Teacher-forced and alone after T_train (`launch.evaluate --observe=1x`): one
+      # co-rollout of both cuts, where the teachers and references run once, against a
+      # co-rollout per cut.
+      shared, _ = _time(lambda: list(co_rollout.co_rollout(*args, observes=(None, t))
+                                     .values()), repeats=1)
+      separate, _ = _time(lambda: [co_rollout.co_rollout(*args, observes=(k,))[k]
+                                   for k in (None, t)], repeats=1)
+      yield {**common, "mode": "streamed_two_cuts", "seconds": shared,
+             "separate_seconds": separate, "speedup": separate / shared,
+             "peak_memory_mb": co_rollout.call_memory_mb(*args, observes=(None, t))}
 
 
 def main(argv):

@@ -29,5 +29,5 @@ def test_benchmark_quick_prints_every_row_kind():
   assert modes == {"none", "remat", "truncation"}
   evals = [r for r in rows if r["name"] == "eval_horizon"]
   assert {(r["mode"], r["multiple"]) for r in evals} == {
-      (m, k) for m in ("streamed", "materialized") for k in (2, 4, 8)}
+      (m, k) for m in ("streamed", "materialized", "streamed_two_cuts") for k in (2, 4, 8)}
   assert all(r["peak_memory_mb"] > 0 and r["seconds"] > 0 for r in evals)

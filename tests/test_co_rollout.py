@@ -104,12 +104,14 @@ def test_npz_stream_in_runs_equals_the_whole(tmp_path):
 # ------------------------------------------------------------------ co-rollout
 
 
-def _materialized_blocks(exp, imitators, metas, key, n, horizon, chunk, block, im_keys):
+def _materialized_blocks(exp, imitators, metas, key, n, horizon, chunk, block, im_keys,
+                         observe=None):
   """Per-teacher block means of every figure the co-rollout keeps, computed from the
-  materialized rollout."""
+  materialized rollout (the imitators alone after `observe` steps when set)."""
   ep = episodes.sample(exp.setting.with_horizon(horizon), exp.data, key, n, chance=True)
   outputs = {name: objective.unroll(im, metas[name], im_keys, ep.x, ep.y, ep.behaviour,
-                                    chunk)[0] for name, im in imitators.items()}
+                                    chunk, observe=observe)[0]
+             for name, im in imitators.items()}
   outputs.update(references.behaviours(exp.setting.family, ep.hparams, ep.init_keys,
                                        ep.x, ep.y))
   task = exp.setting.task
@@ -137,19 +139,24 @@ def _check_co_rollout(config, n=4, multiple=3, chunk=8, block=4, every=True):
   horizon = multiple * exp.setting.t
   key = jax.random.key(5)
   im_keys = jax.random.split(jax.random.key(0), n)
-  # Two chunks per call: the state crosses calls as well as chunks.
-  got = co_rollout.co_rollout(exp.setting, exp.data, imitators, metas, key, n, horizon,
-                              chunk, block, im_keys, chunks_per_call=2)
-  want = _materialized_blocks(exp, imitators, metas, key, n, horizon, chunk, block, im_keys)
-  assert got.err.keys() == want.err.keys() == set(imitators) | set(references.NAMES)
-  assert got.agree.keys() == want.agree.keys()
-  assert got.err["imitator"].shape == (n, horizon // block)
-  for field in co_rollout.Sums._fields:
-    g, w = getattr(got, field), getattr(want, field)
-    for k in (g if isinstance(g, dict) else [None]):
-      gk, wk = (g[k], w[k]) if k is not None else (g, w)
-      np.testing.assert_allclose(np.asarray(gk), wk, rtol=2e-4, atol=2e-5,
-                                 err_msg=f"{field} {k}")
+  # Two chunks per call: the state crosses calls as well as chunks. Teacher-forced and
+  # alone after a cut inside a chunk, in one co-rollout.
+  cut = exp.setting.t + block
+  sums = co_rollout.co_rollout(exp.setting, exp.data, imitators, metas, key, n, horizon,
+                               chunk, block, im_keys, chunks_per_call=2, observes=(None, cut))
+  assert list(sums) == [None, cut]
+  for observe, got in sums.items():
+    want = _materialized_blocks(exp, imitators, metas, key, n, horizon, chunk, block,
+                                im_keys, observe)
+    assert got.err.keys() == want.err.keys() == set(imitators) | set(references.NAMES)
+    assert got.agree.keys() == want.agree.keys()
+    assert got.err["imitator"].shape == (n, horizon // block)
+    for field in co_rollout.Sums._fields:
+      g, w = getattr(got, field), getattr(want, field)
+      for k in (g if isinstance(g, dict) else [None]):
+        gk, wk = (g[k], w[k]) if k is not None else (g, w)
+        np.testing.assert_allclose(np.asarray(gk), wk, rtol=2e-4, atol=2e-5,
+                                   err_msg=f"{field} {k}, cut {observe}")
 
 
 def _small(family):

@@ -223,9 +223,10 @@ def run_battery(exp, meta, shift_names, stream_npz=None, sweeps=None,
     if stream:
       chunk = divisor(t, horizon) or horizon
       unit = divisor(max(chunk // 4, 1), chunk) or chunk
-      return {k: figures.streamed(names, co_rollout.co_rollout(
-          setting, data, imitators, metas, held_out_key(exp.config), n, horizon, chunk,
-          unit, keys, observe=k), unit) for k in (None,) + cuts}
+      sums = co_rollout.co_rollout(setting, data, imitators, metas,
+                                   held_out_key(exp.config), n, horizon, chunk, unit, keys,
+                                   observes=(None,) + cuts)
+      return {k: figures.streamed(names, v, unit) for k, v in sums.items()}
     ep = held_out(exp.config, setting, data, n, horizon)
     refs = {k: (a, None, None) for k, a in references.behaviours(
         setting.family, ep.hparams, ep.init_keys, ep.x, ep.y).items()}
