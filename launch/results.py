@@ -204,12 +204,15 @@ def alone_table(runs: list) -> list:
       lines.append("| " + " | ".join(cells + [reason] * (len(head) - 3)) + " |")
       continue
     t = run["report"]["t_train"]
-    far_row = _alone_row(run, name, far)
+    far_row, near_row = _alone_row(run, name, far), _alone_row(run, name, last)
+    # A far evaluation merged in (`+`) may hold fewer teachers than the run's own.
+    fewer = (f" ({far_row['n_teachers']} teachers)" if far_row and near_row and
+             far_row["n_teachers"] != near_row["n_teachers"] else "")
     ratio = render.comparison(run["report"], "none", None, last * t,
                               references.KNOWN_HPARAMS, t)
     cells += [_figure(run, name, "none", last), _figure(run, name, "none", 2, t),
-              _figure(run, name, "none", last, t), _figure(run, name, "none", far, t),
-              render.free_running(far_row or _alone_row(run, name, last) or {}),
+              _figure(run, name, "none", last, t), _figure(run, name, "none", far, t) + fewer,
+              render.free_running(far_row or near_row or {}) + fewer,
               _figure(run, references.UNTRAINED, "none", last, t),
               _figure(run, references.KNOWN_HPARAMS, "none", last),
               render.with_ci(ratio["nie_ratio"], ratio["nie_ratio_ci"]) if ratio

@@ -120,14 +120,14 @@ def test_a_run_evaluated_into_copies_reads_as_one(runs, tmp_path):
   far = str(tmp_path / "far")
   _write(far, "eval/report.json", {"t_train": 4, "results": [
       _row("gradient", "none", 4, 0.99),  # A has this row: A's is kept
-      _row("gradient", "none", 4096, 0.7, observe=4)]})
+      dict(_row("gradient", "none", 4096, 0.7, observe=4), n_teachers=2)]})
   run = results.load(f"{a}+{far}")
   rows = {(r["imitator"], r["horizon"], r.get("observe")): r for r in run["report"]["results"]}
   assert rows[("gradient", 4, None)]["nie"] == 0.1
   assert rows[("gradient", 4096, 4)]["nie"] == 0.7
   assert results.command(run) == f"`{a}`"
   table = "\n".join(results.alone_table([run]))
-  assert "alone 1024x" in table and "0.700 [0.690, 0.710]" in table
+  assert "alone 1024x" in table and "0.700 [0.690, 0.710] (2 teachers)" in table
 
 
 @pytest.mark.slow
