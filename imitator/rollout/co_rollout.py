@@ -150,6 +150,9 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
     for name, state in refs.items():
       new_refs[name], ref_outputs[name], _ = follow(hp, state, s)
     shared = figures(ref_outputs)
+    teachers = dict(chance=blocks(metrics.step_error(task, a, a_chance)),
+                    teacher_loss=blocks(teacher_loss))
+    peaks = {"teacher": _peak(a), "chance": _peak(a_chance)}
     new_ims, sums = [], []
     for c, cut_alone in enumerate(alone):
       seen = first + jnp.arange(chunk) < observe[c] if cut_alone else None
@@ -159,9 +162,7 @@ def _jitted(setting, imitators: tuple, chunk: int, block: int, with_references: 
                                                 fresh=fresh, seen=seen)
       err, loss, agree, peak = ({**r, **i} for r, i in zip(shared, figures(outputs)))
       new_ims.append(states)
-      sums.append(Sums(err=err, chance=blocks(metrics.step_error(task, a, a_chance)),
-                       teacher_loss=blocks(teacher_loss), loss=loss, agree=agree,
-                       peak={"teacher": _peak(a), "chance": _peak(a_chance), **peak}))
+      sums.append(Sums(err=err, loss=loss, agree=agree, peak={**peaks, **peak}, **teachers))
     return (cursor, teacher, chance, new_refs, tuple(new_ims)), tuple(sums)
 
   @jax.jit

@@ -18,13 +18,18 @@ from launch.configs import default
 def get_config(arg=None):
   words = default.parse_arg(arg, ARCHS + ("smoke",))
   config = default.get_config()
-  archs = [w for w in words if w in ARCHS]
-  if len(archs) > 1:
-    raise ValueError(f"pick one architecture, not {sorted(archs)}.")
-  use_in_context(config, archs[0] if archs else "recurrent")
+  use_in_context(config, arch_of(words) or "recurrent")
   if "smoke" in words:
     default.shrink_to_smoke(config)
   return config
+
+
+def arch_of(words: set) -> str | None:
+  """The architecture among a config argument's words (None if none; two: ValueError)."""
+  archs = sorted(w for w in words if w in ARCHS)
+  if len(archs) > 1:
+    raise ValueError(f"pick one architecture, not {archs}.")
+  return archs[0] if archs else None
 
 
 def use_in_context(config, arch: str) -> None:

@@ -48,11 +48,9 @@ def get_config(arg=None):
   config.train.warmup_steps = 10
   config.train.learning_rate = 1e-2
   config.eval.val_teachers = 32
-  archs = [w for w in words if w in ARCHS]
-  if len(archs) > 1:
-    raise ValueError(f"pick one architecture, not {sorted(archs)}.")
-  if archs:
-    in_context.use_in_context(config, archs[0])
+  arch = in_context.arch_of(words)
+  if arch:
+    in_context.use_in_context(config, arch)
   if "large" in words:
     config.stream.horizon = 128
     config.train.steps = 2000
